@@ -1,0 +1,1 @@
+"""Identity, keys, authorized_keys, certificates and tokens."""

@@ -1,0 +1,1 @@
+"""alknet.core.call"""
