@@ -82,7 +82,9 @@ class Identity:
         if not isinstance(other, Identity):
             return NotImplemented
         return (
-            self.id == other.id and self.scopes == other.scopes and dict(self.resources) == dict(other.resources)
+            self.id == other.id
+            and self.scopes == other.scopes
+            and dict(self.resources) == dict(other.resources)
         )
 
     def has_scope(self, scope: str) -> bool:
