@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import os
 import stat
 import struct
@@ -33,7 +32,6 @@ from alknet.core.auth.keys import (
 )
 from alknet.core.errors import KeyFormatError
 
-HAVE_BCRYPT = importlib.util.find_spec("bcrypt") is not None
 RSA_MSG = "unsupported key type ssh-rsa (only ssh-ed25519 is accepted)"
 ECDSA_MSG = "unsupported key type ecdsa-sha2-nistp256 (only ssh-ed25519 is accepted)"
 
@@ -173,7 +171,6 @@ def test_encrypted_key_without_passphrase(tmp_path: Path) -> None:
     assert str(exc.value) == MSG_ENCRYPTED == "key is encrypted; a passphrase is required"
 
 
-@pytest.mark.skipif(not HAVE_BCRYPT, reason="decrypting OpenSSH keys needs the 'bcrypt' package")
 def test_encrypted_key_with_right_and_wrong_passphrase(tmp_path: Path) -> None:
     path = tmp_path / "enc"
     ssh_keygen("-q", "-t", "ed25519", "-N", "correct horse", "-f", str(path))
@@ -184,8 +181,16 @@ def test_encrypted_key_with_right_and_wrong_passphrase(tmp_path: Path) -> None:
     assert str(exc.value) == "bad passphrase"
 
 
-@pytest.mark.skipif(HAVE_BCRYPT, reason="checks the message given when 'bcrypt' is not installed")
-def test_encrypted_key_with_passphrase_but_no_bcrypt(tmp_path: Path) -> None:
+def test_encrypted_key_with_passphrase_but_no_bcrypt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bcrypt is a dependency (asyncssh[bcrypt]); simulate a broken install where cryptography lacks it
+    from cryptography.hazmat.primitives.serialization import ssh as crypto_ssh
+
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    def no_bcrypt(*_args: object, **_kwargs: object) -> bytes:
+        raise UnsupportedAlgorithm("Need bcrypt module")
+
+    monkeypatch.setattr(crypto_ssh, "_bcrypt_kdf", no_bcrypt)
     path = tmp_path / "enc"
     ssh_keygen("-q", "-t", "ed25519", "-N", "correct horse", "-f", str(path))
     with pytest.raises(KeyFormatError) as exc:
