@@ -96,9 +96,10 @@ class ReloadSource(Protocol):
 
 
 def build_forwarding(
-    mapping: Mapping[str, object], *, label: str | None = None, proxy: bool = False
+    mapping: Mapping[str, object], *, label: str | None = None, proxy: bool = False, check_tests: bool = True
 ) -> ForwardingPolicy:
-    """Build a ``ForwardingPolicy`` from a mapping in the TOML shape and run all its tests.
+    """Build a ``ForwardingPolicy`` from a mapping in the TOML shape and run all its tests (unless
+    ``check_tests=False``, for ``alknet policy test``, which reports them itself).
 
     ``proxy``: an outbound proxy is configured (host names are not resolved, address rules never match them).
     Raises ``ConfigError`` naming dotted keys (prefixed with ``label:`` when given) or each failing test.
@@ -106,7 +107,8 @@ def build_forwarding(
     prefix = f"{label}: " if label else ""
     try:
         policy = ForwardingPolicy.from_mapping(mapping, prefix="forwarding")
-        check_policy_tests(policy, proxy=proxy)
+        if check_tests:
+            check_policy_tests(policy, proxy=proxy)
     except ConfigError as exc:
         raise ConfigError([prefix + e for e in exc.errors]) from None
     return policy
@@ -129,12 +131,13 @@ def build_dynamic(
     evict_revoked: bool = False,
     proxy: str | None = None,
     label: str | None = None,
+    check_tests: bool = True,
 ) -> LoadedConfig:
     """Read and validate every dynamic part and return them as a ``LoadedConfig`` without static settings.
 
     ``authorized_keys`` / ``cert_authority``: a path or the content as bytes; ``None`` = empty / no CA file.
     ``forwarding``: a policy or a mapping in the TOML ``[forwarding]`` shape (``None`` = the built-in policy);
-    its tests are run. ``label`` prefixes forwarding errors (the TOML file). Every problem of every part is
+    its tests are run unless ``check_tests=False``. ``label`` prefixes forwarding errors (the TOML file). Every problem of every part is
     collected into one ``ConfigError``.
     """
     errors: list[str] = []
@@ -158,9 +161,10 @@ def build_dynamic(
     policy = ForwardingPolicy() if forwarding is None else forwarding
     try:
         if isinstance(policy, ForwardingPolicy):
-            check_policy_tests(policy, proxy=proxy is not None)
+            if check_tests:
+                check_policy_tests(policy, proxy=proxy is not None)
         else:
-            policy = build_forwarding(policy, label=label, proxy=proxy is not None)
+            policy = build_forwarding(policy, label=label, proxy=proxy is not None, check_tests=check_tests)
     except ConfigError as exc:
         errors += exc.errors
     if errors or auth is None or not isinstance(policy, ForwardingPolicy):

@@ -423,11 +423,12 @@ class ConfigSources:
         """Only the static part (no authorized_keys or policy files are read); raises ``ConfigError``."""
         return self._load(dynamic=False).static  # type: ignore[return-value]
 
-    def load(self) -> LoadedConfig:
-        """Read and validate everything (TOML, key files, policy and its tests); raises ``ConfigError``."""
-        return self._load(dynamic=True)
+    def load(self, *, check_tests: bool = True) -> LoadedConfig:
+        """Read and validate everything (TOML, key files, policy and, unless ``check_tests=False``, its
+        ``[[forwarding.tests]]``); raises ``ConfigError``."""
+        return self._load(dynamic=True, check_tests=check_tests)
 
-    def _load(self, *, dynamic: bool) -> LoadedConfig:
+    def _load(self, *, dynamic: bool, check_tests: bool = True) -> LoadedConfig:
         doc, label, base = self._read_toml()
         errors: list[str] = []
         top = Table(doc, "", errors, label)
@@ -480,6 +481,7 @@ class ConfigSources:
                 rate_limits=RateLimits(_first(limits[0], 0), _first(limits[1], 10)),
                 proxy=static.proxy,
                 label=label if self.config_path else None,
+                check_tests=check_tests,
                 **settings,
             )
         except ConfigError as exc:
