@@ -363,6 +363,7 @@ async def test_aclose_releases_port_and_ends_streams(channels: FakeChannels, ech
         (1, "forwarding not permitted", 0x02),
         (1, "anything", 0x02),
         (2, "connection refused", 0x05),
+        (2, "Connection refused", 0x05),  # OpenSSH sshd capitalises the text
         (2, "host unreachable", 0x04),
         (2, "name resolution failed", 0x04),
         (2, "timed out", 0x04),

@@ -97,7 +97,8 @@ def reply_for_failure(exc: BaseException | None) -> Socks5Reply:
     if code == ChannelOpenFailure.ADMINISTRATIVELY_PROHIBITED:
         return Socks5Reply.NOT_ALLOWED
     if code == ChannelOpenFailure.CONNECT_FAILED:
-        return _REASON_REPLIES.get(reason, Socks5Reply.GENERAL_FAILURE)
+        # OpenSSH capitalises its texts ("Connection refused"); match them case-insensitively
+        return _REASON_REPLIES.get(reason.strip().lower(), Socks5Reply.GENERAL_FAILURE)
     return Socks5Reply.GENERAL_FAILURE
 
 
