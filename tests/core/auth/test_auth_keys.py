@@ -183,9 +183,8 @@ def test_encrypted_key_with_right_and_wrong_passphrase(tmp_path: Path) -> None:
 
 def test_encrypted_key_with_passphrase_but_no_bcrypt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # bcrypt is a dependency (asyncssh[bcrypt]); simulate a broken install where cryptography lacks it
-    from cryptography.hazmat.primitives.serialization import ssh as crypto_ssh
-
     from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import ssh as crypto_ssh
 
     def no_bcrypt(*_args: object, **_kwargs: object) -> bytes:
         raise UnsupportedAlgorithm("Need bcrypt module")
