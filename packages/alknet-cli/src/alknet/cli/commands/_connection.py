@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alknet.cli.commands._common import at_least, positive_float
 from alknet.cli.context import Context
 from alknet.cli.errors import UsageError
 from alknet.cli.keyfile import load_identity_key
@@ -16,26 +17,6 @@ from alknet.core.state import IDENTITY_KEY
 __all__ = ["add_connection_options", "client_options"]
 
 _TRANSPORTS = ("tcp", "tls", "quic", "iroh")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return value
 
 
 def add_connection_options(p: argparse.ArgumentParser) -> None:
@@ -95,16 +76,18 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tls-insecure", action="store_true", help="no TLS certificate check (a WARNING on each connect)"
     )
-    g.add_argument("--keepalive", type=_positive, metavar="SECS", help="SSH keepalive interval (default 15)")
+    g.add_argument(
+        "--keepalive", type=positive_float, metavar="SECS", help="SSH keepalive interval (default 15)"
+    )
     g.add_argument(
         "--keepalive-count",
-        type=_count,
+        type=at_least(1),
         metavar="N",
         help="missed keepalives before the connection is dead (default 3)",
     )
     g.add_argument(
         "--connect-timeout",
-        type=_positive,
+        type=positive_float,
         metavar="SECS",
         help="transport plus SSH handshake limit (default 10)",
     )

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alknet.cli.commands._common import AddGlobals, add_command
+from alknet.cli.commands._common import AddGlobals, add_command, at_least, positive_float
 from alknet.cli.context import Context
 from alknet.cli.errors import CliError, UsageError
 from alknet.cli.runner import run_until_stopped, setup_cli_logging
@@ -37,26 +37,6 @@ __all__ = ["register"]
 
 _PROG = "alknet serve"
 log = logging.getLogger("alknet.server")
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
 
 
 def register(sub: Any, add_globals: AddGlobals) -> None:
@@ -93,7 +73,7 @@ def register(sub: Any, add_globals: AddGlobals) -> None:
         help="stealth mode on every tls listener: non-SSH clients get nginx's 404",
     )
     g.add_argument(
-        "--stealth-timeout", type=_positive, metavar="SECS", help="stealth peek timeout (default 10)"
+        "--stealth-timeout", type=positive_float, metavar="SECS", help="stealth peek timeout (default 10)"
     )
     g.add_argument(
         "--tls-cert", metavar="PATH", help="PEM certificate chain for tls listeners (default: self-signed)"
@@ -133,25 +113,27 @@ def register(sub: Any, add_globals: AddGlobals) -> None:
     )
     f.add_argument(
         "--max-connections-per-ip",
-        type=_nonneg_int,
+        type=at_least(0),
         metavar="N",
         help="concurrent connections per client IP, 0 = unlimited (env ALKNET_MAX_CONNECTIONS_PER_IP; default 0)",
     )
     f.add_argument(
         "--max-auth-attempts",
-        type=_nonneg_int,
+        type=at_least(0),
         metavar="N",
         help="failed auth attempts before disconnect, 0 = unlimited (env ALKNET_MAX_AUTH_ATTEMPTS; default 10)",
     )
-    f.add_argument("--login-timeout", type=_positive, metavar="SECS", help="auth phase limit (default 30)")
     f.add_argument(
-        "--connect-timeout", type=_positive, metavar="SECS", help="outbound connect limit (default 10)"
+        "--login-timeout", type=positive_float, metavar="SECS", help="auth phase limit (default 30)"
     )
     f.add_argument(
-        "--keepalive", type=_positive, metavar="SECS", help="server keepalive interval (default 15)"
+        "--connect-timeout", type=positive_float, metavar="SECS", help="outbound connect limit (default 10)"
     )
     f.add_argument(
-        "--keepalive-count", type=_nonneg_int, metavar="N", help="missed keepalives before drop (default 3)"
+        "--keepalive", type=positive_float, metavar="SECS", help="server keepalive interval (default 15)"
+    )
+    f.add_argument(
+        "--keepalive-count", type=at_least(0), metavar="N", help="missed keepalives before drop (default 3)"
     )
     p.set_defaults(_run=run)
 

@@ -23,9 +23,10 @@ target. Nothing is logged per channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,21 @@ def open_failure(code: int, text: str) -> asyncssh.ChannelOpenError:
 
 def _prohibited() -> asyncssh.ChannelOpenError:
     return open_failure(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, FORWARDING_NOT_PERMITTED)
+
+
+@contextlib.contextmanager
+def _outbound_errors() -> Iterator[None]:
+    """Map an outbound failure to its channel-open failure; an exception text may name the destination, so
+    only its type is logged (at DEBUG)."""
+    try:
+        yield
+    except asyncssh.ChannelOpenError:
+        raise
+    except OutboundError as exc:
+        raise _connect_failed(exc.reason) from None
+    except Exception as exc:
+        log.debug("channel open failed: %s", type(exc).__name__)
+        raise _connect_failed(FailureReason.CONNECTION_REFUSED) from None
 
 
 def _connect_failed(reason: FailureReason | str) -> asyncssh.ChannelOpenError:
@@ -282,24 +298,12 @@ class TunnelService:
     async def _connect_tcp(
         self, peer: ChannelPeer, req: Request, canon: Canonical, decision: Decision
     ) -> TcpBridgeSession:
-        try:
+        with _outbound_errors():
             if decision.action == NEEDS_ADDRESS:
                 decision = await self._resolve_and_decide(peer, req, canon)
             assert req.port is not None
             sock = await self.connector.connect_tcp(canon, req.port, decision.addresses)
-            bridge: ChannelBridge[asyncssh.SSHTCPChannel[bytes]] = ChannelBridge(self._bridge_done)
-            await self._start_bridge(peer, bridge, sock)
-            if self.shutting_down:
-                bridge.mark_unused()
-                raise _shortage()
-            return TcpBridgeSession(bridge)
-        except asyncssh.ChannelOpenError:
-            raise
-        except OutboundError as exc:
-            raise _connect_failed(exc.reason) from None
-        except Exception as exc:  # only the type: an exception text may name the destination
-            log.debug("channel open failed: %s", type(exc).__name__)
-            raise _connect_failed(FailureReason.CONNECTION_REFUSED) from None
+            return TcpBridgeSession(await self._start_bridge(peer, sock))
 
     async def _resolve_and_decide(self, peer: ChannelPeer, req: Request, canon: Canonical) -> Decision:
         """Lazy DNS: one lookup, then one decision per answer (only allowed addresses are kept)."""
@@ -324,7 +328,9 @@ class TunnelService:
             raise refusal or _prohibited()
         return decision
 
-    async def _start_bridge(self, peer: ChannelPeer, bridge: ChannelBridge[Any], sock: socket.socket) -> None:
+    async def _start_bridge(self, peer: ChannelPeer, sock: socket.socket) -> ChannelBridge[Any]:
+        """Attach the connected socket to a new bridge owned by ``peer``; refused once shutting down."""
+        bridge: ChannelBridge[Any] = ChannelBridge(self._bridge_done)
         self.bridges.add(bridge)
         peer.bridges.add(bridge)
         bridge.peer_bridges = peer.bridges
@@ -335,6 +341,10 @@ class TunnelService:
             bridge.mark_unused()
             self._bridge_done(bridge)
             raise
+        if self.shutting_down:
+            bridge.mark_unused()
+            raise _shortage()
+        return bridge
 
     def _bridge_done(self, bridge: ChannelBridge[Any]) -> None:
         self.bridges.discard(bridge)
@@ -365,7 +375,7 @@ class TunnelService:
         return self._connect_unix(peer, str(canon.value))
 
     async def _connect_unix(self, peer: ChannelPeer, path: str) -> UnixBridgeSession:
-        try:
+        with _outbound_errors():
             real = await real_path(path)
             real_req = Request("unix:" + real, None)
             refusal = self._refusal(self._decide(peer, real_req))
@@ -375,19 +385,7 @@ class TunnelService:
             if isinstance(canon, Invalid):
                 raise _prohibited()
             sock = await self.connector.connect_unix(str(canon.value))
-            bridge: ChannelBridge[asyncssh.SSHUNIXChannel[bytes]] = ChannelBridge(self._bridge_done)
-            await self._start_bridge(peer, bridge, sock)
-            if self.shutting_down:
-                bridge.mark_unused()
-                raise _shortage()
-            return UnixBridgeSession(bridge)
-        except asyncssh.ChannelOpenError:
-            raise
-        except OutboundError as exc:
-            raise _connect_failed(exc.reason) from None
-        except Exception as exc:  # only the type: an exception text may name the destination
-            log.debug("channel open failed: %s", type(exc).__name__)
-            raise _connect_failed(FailureReason.CONNECTION_REFUSED) from None
+            return UnixBridgeSession(await self._start_bridge(peer, sock))
 
     # ---------------------------------------------------------------------------------------- shutdown
 

@@ -408,51 +408,34 @@ class ChannelBridge(Generic[_ChanT]):
         self._check_done()
 
 
-class TcpBridgeSession(asyncssh.SSHTCPSession[bytes]):
+class _BridgeSession:
+    """The asyncssh session callbacks of a :class:`ChannelBridge`, shared by tcp and unix channels."""
+
+    def __init__(self, bridge: ChannelBridge[Any]) -> None:
+        self.bridge = bridge
+
+    def connection_made(self, chan: Any) -> None:
+        self.bridge.session_made(chan)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.bridge.session_data(data)
+
+    def eof_received(self) -> bool:
+        return self.bridge.session_eof()
+
+    def pause_writing(self) -> None:
+        self.bridge.session_pause()
+
+    def resume_writing(self) -> None:
+        self.bridge.session_resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bridge.session_lost(exc)
+
+
+class TcpBridgeSession(_BridgeSession, asyncssh.SSHTCPSession[bytes]):
     """The asyncssh session side of a ``direct-tcpip`` :class:`ChannelBridge`."""
 
-    def __init__(self, bridge: ChannelBridge[asyncssh.SSHTCPChannel[bytes]]) -> None:
-        self.bridge = bridge
 
-    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
-        self.bridge.session_made(chan)
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.bridge.session_data(data)
-
-    def eof_received(self) -> bool:
-        return self.bridge.session_eof()
-
-    def pause_writing(self) -> None:
-        self.bridge.session_pause()
-
-    def resume_writing(self) -> None:
-        self.bridge.session_resume()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge.session_lost(exc)
-
-
-class UnixBridgeSession(asyncssh.SSHUNIXSession[bytes]):
+class UnixBridgeSession(_BridgeSession, asyncssh.SSHUNIXSession[bytes]):
     """The asyncssh session side of a ``direct-streamlocal`` :class:`ChannelBridge`."""
-
-    def __init__(self, bridge: ChannelBridge[asyncssh.SSHUNIXChannel[bytes]]) -> None:
-        self.bridge = bridge
-
-    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
-        self.bridge.session_made(chan)
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.bridge.session_data(data)
-
-    def eof_received(self) -> bool:
-        return self.bridge.session_eof()
-
-    def pause_writing(self) -> None:
-        self.bridge.session_pause()
-
-    def resume_writing(self) -> None:
-        self.bridge.session_resume()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge.session_lost(exc)
