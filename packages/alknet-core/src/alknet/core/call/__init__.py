@@ -2,7 +2,9 @@
 
 Frames and codecs (:mod:`.frame`), envelopes, payloads and errors (:mod:`.envelope`), call bookkeeping
 (:mod:`.pending`), operation specs, registry and built-ins (:mod:`.registry`), JSON Schema validation
-(:mod:`.schema`) and scope matching (:mod:`.acl`). Never imports asyncssh, aioquic or iroh.
+(:mod:`.schema`) and scope matching (:mod:`.acl`); on top of them, channels (:mod:`.peer`: ``CallPeer``,
+``ChannelLimits``, the coalescing writer) and calling/serving operations (:mod:`.env`: ``OperationEnv``,
+dispatchers, service sockets). Never imports asyncssh, aioquic or iroh.
 """
 
 from alknet.core.call.acl import (
@@ -16,6 +18,17 @@ from alknet.core.call.acl import (
     path_granted,
     split_path,
     validate_grant,
+)
+from alknet.core.call.env import (
+    AbortCall,
+    Dispatcher,
+    EnvSubscription,
+    InboundRequest,
+    LocalDispatcher,
+    OperationEnv,
+    Prepared,
+    ServiceClient,
+    ServiceServer,
 )
 from alknet.core.call.envelope import (
     CallAborted,
@@ -64,6 +77,14 @@ from alknet.core.call.frame import (
     encode_frame,
     roundtrip,
 )
+from alknet.core.call.peer import (
+    CallPeer,
+    ChannelLimits,
+    ChannelStream,
+    ChannelTrust,
+    ChannelWriter,
+    current_peer,
+)
 from alknet.core.call.pending import (
     InboundCalls,
     PendingRequestMap,
@@ -93,19 +114,27 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "JSON_CODEC",
     "MSGPACK_CODEC",
+    "AbortCall",
     "AccessControl",
     "BodyDecodeError",
     "CallAborted",
     "CallCompleted",
     "CallError",
     "CallErrored",
+    "CallPeer",
     "CallRequested",
     "CallResponded",
+    "ChannelLimits",
+    "ChannelStream",
+    "ChannelTrust",
+    "ChannelWriter",
     "CloseChannel",
     "Codec",
     "ConnectionClosed",
+    "Dispatcher",
     "Drop",
     "EmptyFrame",
+    "EnvSubscription",
     "ErrorCode",
     "EventEnvelope",
     "FrameDecoder",
@@ -116,18 +145,24 @@ __all__ = [
     "Handler",
     "Inbound",
     "InboundCalls",
+    "InboundRequest",
+    "LocalDispatcher",
     "OperationContext",
+    "OperationEnv",
     "OperationEnvLike",
     "OperationRegistry",
     "OperationSpec",
     "OperationType",
     "PendingRequestMap",
+    "Prepared",
     "PubsubControl",
     "PubsubEvent",
     "Registered",
     "RejectRequest",
     "ResponseEnvelope",
     "SchemaValidator",
+    "ServiceClient",
+    "ServiceServer",
     "Subscription",
     "ValueModelError",
     "authorize",
@@ -143,6 +178,7 @@ __all__ = [
     "check_value",
     "codec_by_name",
     "compile_schema",
+    "current_peer",
     "deadline_after",
     "earliest_deadline",
     "encode_frame",

@@ -1,0 +1,904 @@
+"""``CallPeer``: one call-protocol channel over an asyncio byte stream (``call-protocol.md`` §5, §10, §11).
+
+Any ``(reader, writer)`` pair with ``reader.read(n)`` and ``writer.write``/``drain`` carries it: an SSH
+``alknet-control`` channel, raw framing on tcp, a service socket, an in-memory pipe. Both ends run the same
+class: each keeps a ``PendingRequestMap`` for the calls it made and an ``InboundCalls`` table for the calls it
+serves. One reader task never waits on a consumer or the writer; each inbound call runs in its own task;
+one :class:`ChannelWriter` sends every frame queued during one event-loop iteration in one transport write.
+
+Inbound calls run with the channel's authenticated identity (``identity=``, or the stream's), never a
+payload ``identity``. ``trust`` says which reserved ``alknet.*`` metadata the far end may set:
+:attr:`ChannelTrust.UNTRUSTED` (clients: none), :attr:`ChannelTrust.HEAD` (the head a worker dialed:
+``alknet.forwardedFor`` and ``alknet.hops``), :attr:`ChannelTrust.SERVICE` (a service socket: trusted calls whose
+identity is ``alknet.identity``).
+
+A protocol error (bad frame, undecodable body, a ``call.requested`` without a usable id) closes this channel
+only, sending nothing more. Closing fails every pending call with ``UNAVAILABLE`` (``channel closed``),
+cancels every handler and leaves no task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from alknet.core.auth.identity import Identity
+from alknet.core.call.env import (
+    FORWARDED_FOR,
+    HOPS,
+    IDENTITY_KEY,
+    AbortCall,
+    Dispatcher,
+    InboundRequest,
+    OperationEnv,
+    Prepared,
+    not_wire_input,
+    not_wire_output,
+    unknown_operation,
+)
+from alknet.core.call.envelope import (
+    CallAborted,
+    CallCompleted,
+    CallError,
+    CallErrored,
+    CallRequested,
+    CallResponded,
+    CloseChannel,
+    Drop,
+    ErrorCode,
+    EventEnvelope,
+    RejectRequest,
+    ResponseEnvelope,
+    call_aborted,
+    call_completed,
+    call_error,
+    call_requested,
+    call_responded,
+    input_too_large,
+    output_too_large,
+    parse_inbound,
+    strip_reserved,
+    wire_error,
+)
+from alknet.core.call.frame import (
+    DEFAULT_MAX_FRAME,
+    Codec,
+    ConnectionClosed,
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    StreamReaderLike,
+    ValueModelError,
+    check_max_frame,
+    codec_by_name,
+    encode_frame,
+)
+from alknet.core.call.pending import (
+    Clock,
+    InboundCalls,
+    PendingRequestMap,
+    Subscription,
+    deadline_after,
+    new_request_id,
+    timeout_error,
+)
+from alknet.core.call.registry import OperationRegistry, OperationSpec
+from alknet.core.logfmt import log_event
+
+if TYPE_CHECKING:
+    from alknet.core.node import Node
+
+__all__ = [
+    "ANONYMOUS",
+    "CURRENT_PEER",
+    "CallPeer",
+    "ChannelLimits",
+    "ChannelStream",
+    "ChannelTrust",
+    "ChannelWriter",
+    "current_peer",
+]
+
+log = logging.getLogger("alknet.call")
+
+ANONYMOUS: Final = Identity("anonymous")
+REGISTER_PATH: Final = "/head/services/register"
+_CLOSE_GRACE: Final = 1.0
+_FAIR_BATCH: Final = 32
+
+#: The channel serving the current inbound call (set in each handler task).
+CURRENT_PEER: contextvars.ContextVar[CallPeer | None] = contextvars.ContextVar("alknet_peer", default=None)
+
+
+def current_peer() -> CallPeer | None:
+    """The ``CallPeer`` whose inbound call the running task serves, if any."""
+    return CURRENT_PEER.get()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLimits:
+    """Per-channel limits (§5.5); every field can be configured."""
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_inbound_calls: int = 1024
+    max_outbound_pending: int = 65536
+    write_high_water: int = 4 * 2**20
+    subscription_queue: int = 256
+    pubsub_queue: int = 1024
+    max_pubsub_subscriptions: int = 1024
+    default_call_timeout: float = 30.0
+    auth_timeout: float = 10.0
+    max_control_channels: int = 16
+
+    def __post_init__(self) -> None:
+        check_max_frame(self.max_frame)
+        for name in (
+            "max_inbound_calls",
+            "max_outbound_pending",
+            "write_high_water",
+            "subscription_queue",
+            "pubsub_queue",
+            "max_pubsub_subscriptions",
+            "max_control_channels",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ChannelLimits.{name} must be an int >= 1")
+        for name in ("default_call_timeout", "auth_timeout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ValueError(f"ChannelLimits.{name} must be a number > 0")
+
+
+class ChannelTrust(StrEnum):
+    UNTRUSTED = "untrusted"
+    HEAD = "head"
+    SERVICE = "service"
+
+
+class WriterLike(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStream:
+    """A plain stream for :class:`CallPeer`: a reader, a writer and the body codec."""
+
+    reader: StreamReaderLike
+    writer: WriterLike
+    codec: str | Codec = "json"
+    identity: Identity | None = None
+    transport: str = ""
+    remote_addr: str = "-"
+
+
+def _stream_attr(stream: object, name: str) -> Any:
+    v = getattr(stream, name, None)
+    if v is None:
+        v = getattr(getattr(stream, "info", None), name, None)
+    return v
+
+
+def _transport_name(t: object) -> str:
+    if t is None:
+        return ""
+    kind = getattr(t, "kind", None)
+    return str(kind if kind is not None else t)
+
+
+# ------------------------------------------------------------------------------------------------ writer
+
+
+class ChannelWriter:
+    """The one writer of a channel: a FIFO of encoded frames, flushed by one task.
+
+    Every frame posted during one event-loop iteration reaches the transport in one ``write()``. ``send``
+    waits while more than ``high_water`` bytes are queued; the transport's ``drain()`` (the SSH window)
+    holds the flushing task back, so the queue grows and senders wait. ``post`` never waits (error replies,
+    aborts). After ``close`` nothing more is queued.
+    """
+
+    def __init__(
+        self,
+        writer: WriterLike,
+        codec: Codec,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        high_water: int = 4 * 2**20,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._writer = writer
+        self.codec = codec
+        self.max_frame = check_max_frame(max_frame)
+        self.high_water = high_water
+        self._on_error = on_error
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._blocked: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def encode(self, env: EventEnvelope) -> bytes:
+        return encode_frame(env, self.codec, self.max_frame)
+
+    def start(self) -> None:
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="alknet-channel-writer")
+
+    def post_frame(self, frame: bytes) -> bool:
+        """Queue an encoded frame without waiting; False once closed."""
+        if self._closing:
+            return False
+        self._buf.append(frame)
+        self._size += len(frame)
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+        return True
+
+    def post(self, env: EventEnvelope) -> bool:
+        return self.post_frame(self.encode(env))
+
+    async def writable(self) -> None:
+        """Wait until at most ``high_water`` bytes are queued (or the writer is closed)."""
+        while self._size > self.high_water and not self._closing:
+            fut = asyncio.get_running_loop().create_future()
+            self._blocked.append(fut)
+            await fut
+
+    async def send(self, env: EventEnvelope) -> None:
+        self.post(env)
+        if self._size > self.high_water:
+            await self.writable()
+
+    def _release(self) -> None:
+        blocked, self._blocked = self._blocked, []
+        for f in blocked:
+            if not f.done():
+                f.set_result(None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._buf:
+                    if self._closing:
+                        return
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._wake = None
+                    continue
+                data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+                self._buf.clear()
+                self._size = 0
+                self._release()
+                self._writer.write(data)
+                await self._writer.drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._closing = True
+            self._buf.clear()
+            if self._on_error is not None:
+                self._on_error(exc)
+        finally:
+            self._release()
+
+    def close(self, *, discard: bool = False) -> None:
+        """Stop queueing; the task flushes what is queued (unless ``discard``) and ends."""
+        self._closing = True
+        if discard:
+            self._buf.clear()
+            self._size = 0
+        self._release()
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait_closed(self, timeout: float = _CLOSE_GRACE) -> None:
+        """Wait for the flush (at most ``timeout``), then close the underlying writer."""
+        task = self._task
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        close = getattr(self._writer, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+        wait_closed = getattr(self._writer, "wait_closed", None)
+        if wait_closed is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(wait_closed(), timeout)
+
+
+# -------------------------------------------------------------------------------------------------- peer
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+EventListener = Callable[[EventEnvelope], None]
+CloseCallback = Callable[["CallPeer"], None]
+FrameObserver = Callable[[str, EventEnvelope], None]
+
+
+class CallPeer:
+    """One end of a call-protocol channel (§5.4, §11).
+
+    ``node`` serves inbound calls through a ``Node`` (routing, pubsub); ``registry`` through a plain
+    registry; with neither, inbound calls get ``NOT_FOUND``. ``on_frame(direction, env)`` sees every ``call.*``
+    frame (``"in"``/``"out"``), e.g. for call recording. ``preread`` holds bytes already read from the stream
+    (frames a raw-framing client pipelined after ``auth.token``). Reading starts at ``async with``,
+    :meth:`start`, or the first ``call``, ``subscribe``, ``register`` or ``serve_forever``.
+    """
+
+    def __init__(
+        self,
+        stream: object,
+        *,
+        node: Node | None = None,
+        registry: OperationRegistry | None = None,
+        limits: ChannelLimits | None = None,
+        identity: Identity | None = None,
+        transport: str | None = None,
+        remote_addr: str | None = None,
+        trust: ChannelTrust | str = ChannelTrust.UNTRUSTED,
+        codec: str | Codec | None = None,
+        clock: Clock = time.time,
+        on_frame: FrameObserver | None = None,
+        preread: bytes = b"",
+    ) -> None:
+        if node is not None and registry is not None:
+            raise ValueError("give node or registry, not both")
+        reader = getattr(stream, "reader", None)
+        writer = getattr(stream, "writer", None)
+        if reader is None or writer is None:
+            raise TypeError("stream needs reader and writer attributes")
+        c = codec if codec is not None else getattr(stream, "codec", None) or "json"
+        self.codec: Codec = codec_by_name(c) if isinstance(c, str) else c
+        self.limits = limits or (node.limits if node is not None else ChannelLimits())
+        self.identity: Identity = identity or _stream_attr(stream, "identity") or ANONYMOUS
+        self.transport = (
+            transport if transport is not None else _transport_name(_stream_attr(stream, "transport"))
+        )
+        self.remote_addr = remote_addr or _stream_attr(stream, "remote_addr") or "-"
+        self.trust = ChannelTrust(trust)
+        self.node = node
+        self.connected_at = time.time()
+        self._clock = clock
+        self._on_frame = on_frame
+        self._dispatcher: Dispatcher | None = node
+        if registry is not None:
+            env = OperationEnv(clock=clock, default_timeout=self.limits.default_call_timeout).local(registry)
+            self._dispatcher = env.dispatcher
+        self._registry = registry
+        self._reader = FrameReader(reader, self.codec, self.limits.max_frame)
+        self._reader.decoder.feed(preread)
+        self._writer = ChannelWriter(
+            writer,
+            self.codec,
+            max_frame=self.limits.max_frame,
+            high_water=self.limits.write_high_water,
+            on_error=self._writer_failed,
+        )
+        self._pending = PendingRequestMap(
+            clock=clock,
+            subscription_queue=self.limits.subscription_queue,
+            max_pending=self.limits.max_outbound_pending,
+            send_aborted=self._send_aborted,
+        )
+        self._inbound = InboundCalls(max_inbound_calls=self.limits.max_inbound_calls)
+        self._listeners: list[EventListener] = []
+        self._close_callbacks: list[CloseCallback] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._finalizer: asyncio.Task[None] | None = None
+        self._done: asyncio.Event | None = None
+        self._started = False
+        self._closing = False
+        self.close_reason: str | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return f"CallPeer({self.identity.id!r}, {self.codec.name}, {state})"
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def pending(self) -> PendingRequestMap:
+        return self._pending
+
+    @property
+    def inbound(self) -> InboundCalls:
+        return self._inbound
+
+    @property
+    def writer(self) -> ChannelWriter:
+        return self._writer
+
+    def start(self) -> None:
+        """Start the reader and writer tasks (idempotent); a node attaches the channel here."""
+        if self._started or self._closing:
+            return
+        self._started = True
+        self._done = asyncio.Event()
+        self._writer.start()
+        self._reader_task = asyncio.get_running_loop().create_task(
+            self._read_loop(), name="alknet-channel-reader"
+        )
+        if self.node is not None:
+            self.node.attach(self)
+
+    async def __aenter__(self) -> CallPeer:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def serve_forever(self) -> None:
+        """Serve until the stream closes (EOF, protocol error, ``close()``)."""
+        self.start()
+        if self._done is not None:
+            await self._done.wait()
+
+    async def close(self) -> None:
+        """Close the channel (idempotent): pending calls fail with ``UNAVAILABLE``, handlers are cancelled."""
+        self._begin_close("closed", discard=False)
+        fin = self._finalizer
+        if fin is not None:
+            await asyncio.shield(fin)
+
+    def add_close_callback(self, cb: CloseCallback) -> None:
+        """``cb(peer)`` runs once, synchronously, when the channel starts closing."""
+        if self._closing:
+            cb(self)
+        else:
+            self._close_callbacks.append(cb)
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """``listener(env)`` gets every ``__*`` frame and every pubsub event received."""
+        self._listeners.append(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """A task that belongs to this channel: cancelled and awaited when it closes."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        if self._closing:
+            task.cancel()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _writer_failed(self, exc: BaseException) -> None:
+        log_event(log, logging.DEBUG, "channel write failed", error=type(exc).__name__)
+        self._begin_close("write failed", discard=True)
+
+    def _begin_close(self, reason: str, *, discard: bool) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.close_reason = reason
+        self._pending.close()
+        handlers = self._inbound.close()
+        self._writer.close(discard=discard)
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("channel close callback failed")
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        rt = self._reader_task
+        if rt is not None and rt is not asyncio.current_task():
+            rt.cancel()
+        if self._started:
+            self._finalizer = asyncio.get_running_loop().create_task(self._finalize([*handlers, *tasks]))
+
+    async def _finalize(self, tasks: list[asyncio.Task[Any]]) -> None:
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        await self._writer.wait_closed()
+        rt = self._reader_task
+        if rt is not None and not rt.done():
+            await asyncio.wait({rt}, timeout=_CLOSE_GRACE)
+        await asyncio.sleep(0)  # let the cancelled sweeper of the pending map finish
+        if self._done is not None:
+            self._done.set()
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        reason, discard = "eof", False
+        try:
+            while True:
+                env = await self._reader.read()
+                if env is None:
+                    break
+                self._on_envelope(env)
+        except asyncio.CancelledError:
+            reason = "closed"
+        except (FrameError, _ProtocolError) as exc:
+            reason, discard = "protocol error", True
+            log_event(log, logging.WARNING, "protocol error, closing channel", error=str(exc)[:200])
+        except ConnectionClosed as exc:
+            reason = "truncated"
+            log_event(log, logging.WARNING, "channel truncated", error=str(exc))
+        except (OSError, EOFError) as exc:
+            reason = "connection lost"
+            log_event(log, logging.DEBUG, "channel read failed", error=type(exc).__name__)
+        except Exception:
+            reason, discard = "internal error", True
+            log.exception("channel reader failed")
+        finally:
+            self._begin_close(reason, discard=discard)
+
+    def _on_envelope(self, env: EventEnvelope) -> None:
+        if self._on_frame is not None and env.type.startswith("call."):
+            self._observe("in", env)
+        match parse_inbound(env):
+            case CallResponded(rid, output):
+                known = self._pending.on_responded(rid, output)
+            case CallRequested() as ev:
+                known = self._on_requested(ev)
+            case CallCompleted(rid):
+                known = self._pending.on_completed(rid)
+            case CallErrored(rid, err):
+                known = self._pending.on_error(rid, err)
+            case CallAborted(rid):
+                known = self._inbound.abort(rid) or self._pending.on_aborted(rid)
+            case RejectRequest() as ev:
+                known = self._post(ev.reply)
+            case CloseChannel(reason):
+                raise _ProtocolError(reason)
+            case Drop(type=t, reason=reason, level=level):
+                known = True
+                log_event(log, level, "frame dropped", type=t[:64], reason=reason)
+            case _:
+                known = True
+                for listener in tuple(self._listeners):
+                    try:
+                        listener(env)
+                    except Exception:
+                        log.exception("event listener failed")
+        if not known:
+            log.debug("%s for an unknown id dropped", env.type)
+
+    def _observe(self, direction: str, env: EventEnvelope) -> None:
+        assert self._on_frame is not None
+        try:
+            self._on_frame(direction, env)
+        except Exception:
+            log.exception("frame observer failed")
+
+    # ------------------------------------------------------------------------------------------ sending
+
+    def _post(self, env: EventEnvelope) -> bool:
+        if self._on_frame is not None and env.type.startswith("call."):
+            self._observe("out", env)
+        try:
+            return self._writer.post(env)
+        except (ValueModelError, FrameTooLarge):
+            log.error("unencodable %s frame dropped", env.type)
+            return False
+
+    def _send_aborted(self, request_id: str) -> None:
+        if not self._closing:
+            self._post(call_aborted(request_id))
+
+    def post_envelope(self, env: EventEnvelope) -> bool:
+        """Queue any envelope (a pubsub frame) without waiting; False once closed."""
+        return self._post(env)
+
+    async def send_envelope(self, env: EventEnvelope) -> None:
+        """Queue an envelope and wait while the writer is over its high-water mark."""
+        self._post(env)
+        w = self._writer
+        if w.buffered > w.high_water:
+            await w.writable()
+
+    # ------------------------------------------------------------------------------------------ calling
+
+    def _encode_request(self, env: EventEnvelope) -> bytes:
+        try:
+            return self._writer.encode(env)
+        except FrameTooLarge as exc:
+            raise input_too_large(exc.size, exc.limit) from None
+        except ValueModelError:
+            raise not_wire_input() from None
+
+    def _deadline(self, timeout: float | None, deadline_ms: int | None) -> int:
+        if deadline_ms is not None:
+            return deadline_ms
+        return deadline_after(self.limits.default_call_timeout if timeout is None else timeout, self._clock)
+
+    async def request(
+        self,
+        op: str,
+        input: Any = None,
+        *,
+        timeout: float | None = None,
+        deadline_ms: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parent_request_id: str | None = None,
+    ) -> ResponseEnvelope:
+        """Like :meth:`call`, but the outcome comes back as a ``ResponseEnvelope`` (``source="remote"``)."""
+        self.start()
+        rid = new_request_id()
+        deadline = self._deadline(timeout, deadline_ms)
+        env = call_requested(
+            rid, op, input, parent_request_id=parent_request_id, deadline=deadline, metadata=metadata
+        )
+        try:
+            frame = self._encode_request(env)
+            fut = self._pending.add_call(rid, deadline)
+        except CallError as exc:
+            return ResponseEnvelope(rid, error=exc, source="remote")
+        if self._on_frame is not None:
+            self._observe("out", env)
+        self._writer.post_frame(frame)
+        try:
+            if self._writer.buffered > self._writer.high_water:
+                await self._writer.writable()
+            output = await fut
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except CallError as exc:
+            return ResponseEnvelope(rid, error=exc, source="remote")
+        return ResponseEnvelope(rid, output, source="remote")
+
+    async def call(
+        self,
+        op: str,
+        input: Any = None,
+        *,
+        timeout: float | None = None,
+        deadline_ms: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parent_request_id: str | None = None,
+    ) -> Any:
+        """Call ``op`` and return its output; raises ``CallError``. ``timeout`` defaults to the limits' 30 s."""
+        resp = await self.request(
+            op,
+            input,
+            timeout=timeout,
+            deadline_ms=deadline_ms,
+            metadata=metadata,
+            parent_request_id=parent_request_id,
+        )
+        return resp.unwrap()
+
+    def subscribe(
+        self,
+        op: str,
+        input: Any = None,
+        *,
+        idle_timeout: float | None = None,
+        deadline_ms: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Subscription:
+        """Start a subscription: an async iterator and context manager; leaving it sends ``call.aborted``."""
+        idle_ms = None if idle_timeout is None else max(1, round(idle_timeout * 1000))
+        return self.open_subscription(
+            op, input, idle_timeout_ms=idle_ms, deadline_ms=deadline_ms, metadata=metadata
+        )
+
+    def open_subscription(
+        self,
+        op: str,
+        input: Any = None,
+        *,
+        idle_timeout_ms: int | None = None,
+        enforce_idle: bool = True,
+        deadline_ms: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parent_request_id: str | None = None,
+    ) -> Subscription:
+        """The low-level form of :meth:`subscribe` (ms values; a relay forwards ``idleTimeout`` unenforced)."""
+        self.start()
+        rid = new_request_id()
+        env = call_requested(
+            rid,
+            op,
+            input,
+            parent_request_id=parent_request_id,
+            deadline=deadline_ms,
+            idle_timeout=idle_timeout_ms,
+            metadata=metadata,
+        )
+        frame = self._encode_request(env)
+        sub = self._pending.add_subscription(
+            rid, idle_timeout_ms=idle_timeout_ms if enforce_idle else None, deadline_ms=deadline_ms
+        )
+        if self._on_frame is not None:
+            self._observe("out", env)
+        self._writer.post_frame(frame)
+        return sub
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a call or subscription this peer made: ``call.aborted`` is sent, the waiter gets ``ABORTED``."""
+        return self._pending.abort(request_id)
+
+    async def batch(
+        self, calls: Iterable[tuple[str, Any]], *, concurrency: int = 64, timeout: float | None = None
+    ) -> list[ResponseEnvelope]:
+        """``(op, input)`` calls with at most ``concurrency`` in flight; results in input order."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(op: str, value: Any) -> ResponseEnvelope:
+            async with sem:
+                return await self.request(op, value, timeout=timeout)
+
+        return list(await asyncio.gather(*(one(op, value) for op, value in calls)))
+
+    async def register(
+        self, node_name: str, specs: Iterable[OperationSpec] | None = None, *, timeout: float | None = None
+    ) -> list[str]:
+        """Register this end as worker ``node_name`` with the head; returns the full paths (sorted).
+
+        ``specs`` default to what this end serves: its node's exported operations, or its registry's
+        non-built-in ones.
+        """
+        if specs is None:
+            if self.node is not None:
+                specs = self.node.export_specs(exclude=self)
+            elif self._registry is not None:
+                specs = [r.spec for r in self._registry.entries() if not r.builtin]
+            else:
+                specs = []
+        payload = {"node": node_name, "operations": [s.to_wire() for s in specs]}
+        out = await self.call(REGISTER_PATH, payload, timeout=timeout)
+        ops = out.get("operations") if isinstance(out, dict) else None
+        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+            raise CallError(ErrorCode.INTERNAL, "malformed registration answer", False)
+        return list(ops)
+
+    # ------------------------------------------------------------------------------------------ serving
+
+    def _on_requested(self, ev: CallRequested) -> bool:
+        rid = ev.request_id
+        err = self._inbound.admit(rid)
+        if err is None and self._dispatcher is None:
+            err = unknown_operation()
+        if err is not None:
+            self._post(call_error(rid, err))
+        else:
+            self._inbound.add(rid, asyncio.get_running_loop().create_task(self._serve(ev)))
+        return True
+
+    def _inbound_request(self, ev: CallRequested) -> InboundRequest:
+        md: Mapping[str, Any] = ev.metadata or {}
+        metadata = strip_reserved(md)
+        identity, trusted, forwarded_for, hops = self.identity, False, None, 0
+        if self.trust is ChannelTrust.HEAD:
+            ff, h = md.get(FORWARDED_FOR), md.get(HOPS)
+            if isinstance(ff, str):
+                forwarded_for = metadata[FORWARDED_FOR] = ff
+            if isinstance(h, int) and not isinstance(h, bool) and h >= 0:
+                hops = metadata[HOPS] = h
+        elif self.trust is ChannelTrust.SERVICE:
+            trusted = True
+            raw = md.get(IDENTITY_KEY)
+            if raw is not None:
+                try:
+                    identity = Identity.from_json(raw)
+                except (ValueError, TypeError):
+                    raise CallError(ErrorCode.INVALID_INPUT, "invalid alknet.identity", False) from None
+                metadata[IDENTITY_KEY] = raw
+        return InboundRequest(
+            ev.request_id,
+            ev.operation_id,
+            ev.input,
+            ev.parent_request_id,
+            ev.deadline,
+            ev.idle_timeout,
+            metadata,
+            identity,
+            trusted,
+            forwarded_for,
+            hops,
+        )
+
+    async def _serve(self, ev: CallRequested) -> None:
+        CURRENT_PEER.set(self)
+        rid = ev.request_id
+        deadline: int | None = None
+        cm: asyncio.Timeout | None = None
+        try:
+            assert self._dispatcher is not None
+            prepared = self._dispatcher.prepare(self._inbound_request(ev))
+            deadline = ev.deadline
+            if deadline is None and not prepared.streaming:
+                deadline = deadline_after(self.limits.default_call_timeout, self._clock)
+            if deadline is None:
+                await self._run(rid, prepared, None)
+            else:
+                remaining = deadline / 1000 - self._clock()
+                if remaining <= 0:
+                    raise timeout_error(deadline)
+                cm = asyncio.timeout(remaining)
+                async with cm:
+                    await self._run(rid, prepared, deadline)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                return  # aborted by the caller, or the channel is closing: send nothing
+            self._post(call_error(rid, wire_error(RuntimeError("handler cancelled"), rid)))
+        except AbortCall:
+            self._post(call_aborted(rid))
+        except TimeoutError as exc:
+            if cm is not None and cm.expired() and deadline is not None:
+                self._post(call_error(rid, timeout_error(deadline)))
+            else:
+                self._post(call_error(rid, wire_error(exc, rid)))
+        except Exception as exc:
+            self._post(call_error(rid, wire_error(exc, rid)))
+
+    async def _run(self, rid: str, prepared: Prepared, deadline: int | None) -> None:
+        if prepared.call is not None:
+            await self._respond(rid, await prepared.call(deadline))
+            return
+        assert prepared.stream is not None
+        agen = prepared.stream(deadline)
+        n = 0
+        try:
+            async for item in agen:
+                await self._respond(rid, item)
+                n += 1
+                if not n % _FAIR_BATCH:
+                    await asyncio.sleep(0)  # a generator that never awaits must not starve the channel
+        finally:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self._post(call_completed(rid))
+
+    async def _respond(self, rid: str, output: Any) -> None:
+        env = call_responded(rid, output)
+        w = self._writer
+        try:
+            frame = w.encode(env)
+        except FrameTooLarge as exc:
+            raise output_too_large(exc.size, exc.limit) from None
+        except ValueModelError:
+            log_event(log, logging.ERROR, "handler output is not a wire value", request_id=rid)
+            raise not_wire_output() from None
+        if self._on_frame is not None:
+            self._observe("out", env)
+        w.post_frame(frame)
+        if w.buffered > w.high_water:
+            await w.writable()
