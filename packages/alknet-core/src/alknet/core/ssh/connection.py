@@ -78,14 +78,24 @@ class TunnelConnection(AlknetSSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding not permitted"
             )
-        return self.server.channels.open_tcp(self.peer, dest_host, dest_port)
+        session = self.server.channels.open_tcp(self.peer, dest_host, dest_port)
+        return self._channel(unix=False), session
 
     def unix_connection_requested(self, dest_path: str) -> Any:
         if self.peer is None:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding not permitted"
             )
-        return self.server.channels.open_unix(self.peer, dest_path)
+        session = self.server.channels.open_unix(self.peer, dest_path)
+        return self._channel(unix=True), session
+
+    def _channel(self, *, unix: bool) -> Any:
+        """A forwarded channel with the server's window and packet size (asyncssh's own defaults are
+        2 MiB / 32 KiB for forwarded channels, whatever the connection options say)."""
+        assert self.conn is not None
+        opts = self.server.options
+        create = self.conn.create_unix_channel if unix else self.conn.create_tcp_channel
+        return create(window=opts.window, max_pktsize=opts.max_pktsize)
 
     # ----------------------------------------------------------------------------------- remote forwards
 

@@ -52,7 +52,7 @@ __all__ = [
 log = logging.getLogger("alknet.client")
 
 DEFAULT_BIND_HOST = "127.0.0.1"
-PIPE_CHUNK = 65536
+PIPE_CHUNK = 256 * 1024  # read size of the -L/SOCKS5 pipe: whole 128 KiB SSH packets and more
 
 # --------------------------------------------------------------------------------------------- channels
 
