@@ -616,6 +616,9 @@ def _merge_listeners(
     specs: list[tuple[str, ListenerSpec]] = []
     kind = ov.transport or "tcp"
     where_all = "--listen" if ov.listen else "ALKNET_LISTEN" if env.listen else f"{label}: listeners"
+    # the file's [[listeners]] are validated even when --listen/ALKNET_LISTEN replace them: a misspelt key
+    # is reported, never ignored
+    toml_specs = [(i, listener_from_table(t, base)) for i, t in enumerate(toml_listeners or (), 1)]
     if ov.listen or env.listen:
         source = ov.listen or env.listen or ()
         for value in source:
@@ -625,10 +628,7 @@ def _merge_listeners(
             except ValueError as exc:
                 errors.append(f"{where}: {exc}")
     elif toml_listeners:
-        for i, t in enumerate(toml_listeners, 1):
-            spec = listener_from_table(t, base)
-            if spec is not None:
-                specs.append((f"{label}: listeners[{i}]", spec))
+        specs.extend((f"{label}: listeners[{i}]", spec) for i, spec in toml_specs if spec is not None)
     else:
         specs.append(("listener", default_listener(kind)))
     relays = _first(ov.iroh_relay, env.iroh_relay)
