@@ -46,6 +46,7 @@ from alknet.secret.openssh import (
     openssh_fingerprint,
     write_keypair,
 )
+from alknet.secret.ops import register_secret_operations, secret_operation_specs
 from alknet.secret.password import password_from_key
 from alknet.secret.paths import (
     ETHEREUM_PATH,
@@ -102,8 +103,10 @@ __all__ = [
     "openssh_fingerprint",
     "parse_path",
     "password_from_key",
+    "register_secret_operations",
     "role_comment",
     "role_path",
+    "secret_operation_specs",
     "site_password_index",
     "site_password_path",
     "validate_mnemonic",
