@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from alknet.cli.commands import connect, keygen, policy, secret, serve, token
+from alknet.cli.commands import call, connect, keygen, policy, secret, serve, status, token, worker
 
 __all__ = ["COMMANDS"]
 
-COMMANDS: tuple[ModuleType, ...] = (serve, connect, keygen, token, policy, secret)
+COMMANDS: tuple[ModuleType, ...] = (serve, connect, keygen, token, policy, call, worker, status, secret)

@@ -235,8 +235,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 tls[index] = ServerContexts.self_signed(static.state_dir)
     for contexts in {id(c): c for c in tls.values()}.values():
         log_certificate(log, contexts.current)
+    from alknet.core.api import head_node  # the call protocol loads only when serve runs
+    from alknet.core.call.channel import ChannelLimits
+
     reloader = ConfigReloader.from_loaded(loaded, sources, log)
     server = SshServer(SshServerOptions.from_static(static, host_key=key_path, tls=tls), reloader, logger=log)
+    node = head_node(server, limits=ChannelLimits(max_frame=static.max_frame))
+    server.control.install(node.serve_channel)  # alknet-control channels: calls, routing, pubsub
     keys = len(loaded.dynamic.auth.keys) + len(loaded.dynamic.auth.cas)
 
     async def main(stop: asyncio.Event) -> int:
@@ -268,6 +273,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             if hasattr(signal, "SIGHUP"):
                 loop.remove_signal_handler(signal.SIGHUP)
             await server.close()
+            await node.close()
         return 0
 
     return run_until_stopped(main)

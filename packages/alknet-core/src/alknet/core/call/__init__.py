@@ -2,9 +2,10 @@
 
 Frames and codecs (:mod:`.frame`), envelopes, payloads and errors (:mod:`.envelope`), call bookkeeping
 (:mod:`.pending`), operation specs, registry and built-ins (:mod:`.registry`), JSON Schema validation
-(:mod:`.schema`) and scope matching (:mod:`.acl`); on top of them, channels (:mod:`.peer`: ``CallPeer``,
-``ChannelLimits``, the coalescing writer) and calling/serving operations (:mod:`.env`: ``OperationEnv``,
-dispatchers, service sockets). Never imports asyncssh, aioquic or iroh.
+(:mod:`.schema`) and scope matching (:mod:`.acl`); on top of them, channels (:mod:`.peer`: ``CallPeer``;
+:mod:`.channel`: ``ChannelLimits``, ``ChannelStream``, the coalescing writer), calling/serving operations
+(:mod:`.env`: ``OperationEnv``, dispatchers) and service sockets (:mod:`.service`). Never imports asyncssh,
+aioquic or iroh.
 """
 
 from alknet.core.call.acl import (
@@ -19,6 +20,7 @@ from alknet.core.call.acl import (
     split_path,
     validate_grant,
 )
+from alknet.core.call.channel import ChannelLimits, ChannelStream, ChannelWriter
 from alknet.core.call.env import (
     AbortCall,
     Dispatcher,
@@ -27,8 +29,6 @@ from alknet.core.call.env import (
     LocalDispatcher,
     OperationEnv,
     Prepared,
-    ServiceClient,
-    ServiceServer,
 )
 from alknet.core.call.envelope import (
     CallAborted,
@@ -77,14 +77,7 @@ from alknet.core.call.frame import (
     encode_frame,
     roundtrip,
 )
-from alknet.core.call.peer import (
-    CallPeer,
-    ChannelLimits,
-    ChannelStream,
-    ChannelTrust,
-    ChannelWriter,
-    current_peer,
-)
+from alknet.core.call.peer import CallPeer, ChannelTrust, current_peer
 from alknet.core.call.pending import (
     InboundCalls,
     PendingRequestMap,
@@ -108,6 +101,7 @@ from alknet.core.call.registry import (
     register_builtins,
 )
 from alknet.core.call.schema import SchemaValidator, compile_schema
+from alknet.core.call.service import ServiceClient, ServiceServer
 
 __all__ = [
     "BUILTIN_SPECS",
