@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alknet.cli.commands._common import AddGlobals, add_command, at_least, positive_float
 from alknet.cli.context import Context
@@ -32,6 +33,9 @@ from alknet.core.state import (
 )
 from alknet.core.tls.context import ServerContexts, log_certificate
 from alknet.core.transport.base import BindError
+
+if TYPE_CHECKING:
+    from alknet.core.raw import RawListener
 
 __all__ = ["register"]
 
@@ -161,7 +165,12 @@ def _prepare_state(static: StaticConfig, explicit_key: bool) -> tuple[Path, bool
 
 
 def _banner(
-    static: StaticConfig, server: SshServer, tls: dict[int, ServerContexts], created: bool, keys: int
+    static: StaticConfig,
+    server: SshServer,
+    tls: dict[int, ServerContexts],
+    created: bool,
+    keys: int,
+    raw: Sequence[RawListener] = (),
 ) -> str:
     fp = server.host_key_fingerprint
     state = static.state_dir
@@ -187,6 +196,11 @@ def _banner(
                 connect.append(f"  alknet connect --server {hostport}{flag} --host-key {fp}")
             else:
                 connect.append(f"  alknet connect --server {hostport} --host-key {fp}")
+    for raw_listener in raw:
+        for addr in raw_listener.listen_addrs:
+            lines.append(
+                f"  listening   {addr.replace('://', ' ', 1)}   (call protocol, token auth: alknet token)"
+            )
     lines.append("  storage     not in this release (alknet-storage is a skeleton)")
     lines.append(f"  auth        {keys} authorised keys ({ak})")
     lines.append("")
@@ -213,7 +227,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     sources = config_sources(ctx, args, check_server_files=True)
     static = sources.load_static()
     for spec in static.listeners:
-        if spec.kind in ("quic", "iroh") or spec.interface == "raw":
+        if spec.kind in ("quic", "iroh"):
             raise UsageError(f"{spec.url}: this listener kind is not available yet in this release", _PROG)
         if spec.acme_domains:
             raise UsageError("ACME certificates are not available yet in this release", _PROG)
@@ -244,11 +258,34 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     server.control.install(node.serve_channel)  # alknet-control channels: calls, routing, pubsub
     keys = len(loaded.dynamic.auth.keys) + len(loaded.dynamic.auth.cas)
 
+    from alknet.core.raw import RawListener
+
+    raw = [
+        RawListener(
+            spec,
+            node,
+            server.provider,
+            server.dynamic,
+            server.limiter,
+            insecure_plaintext=spec.insecure_plaintext,
+        )
+        for spec in static.listeners
+        if spec.interface == "raw"
+    ]
+
     async def main(stop: asyncio.Event) -> int:
         try:
-            await server.start()
-        except BindError as exc:
-            raise CliError(str(exc)) from None
+            for listener in raw:  # raw+tcp: the call protocol with token auth, no SSH
+                await listener.start()
+            if any(spec.interface == "ssh" for spec in static.listeners):
+                await server.start()
+        except (BindError, ConfigError) as exc:
+            for listener in raw:
+                await listener.close()
+            await server.close(drain=0)
+            if isinstance(exc, BindError):
+                raise CliError(str(exc)) from None
+            raise
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[None]] = set()
 
@@ -265,13 +302,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             if not ctx.quiet:
-                sys.stdout.write(_banner(static, server, tls, created, keys) + "\n")
+                sys.stdout.write(_banner(static, server, tls, created, keys, raw) + "\n")
                 sys.stdout.flush()
-            logfmt.log_event(log, logging.INFO, "server ready", listeners=len(server.listen_addrs))
+            bound = len(server.listen_addrs) + sum(len(r.listen_addrs) for r in raw)
+            logfmt.log_event(log, logging.INFO, "server ready", listeners=bound)
             await stop.wait()
         finally:
             if hasattr(signal, "SIGHUP"):
                 loop.remove_signal_handler(signal.SIGHUP)
+            for listener in raw:
+                await listener.close()
             await server.close()
             await node.close()
         return 0
