@@ -26,94 +26,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proc_kit import ALKNET, Proc, alknet
+from proc_kit import clean_env as _env
 from ssh_server_kit import KeyPair, new_keypair
 
 from alknet.cli.main import main
 from alknet.core.auth.keys import write_keypair
 
 pytestmark = pytest.mark.timeout(120)
-
-ALKNET = [sys.executable, "-m", "alknet.cli"]
-T = 20.0
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALKNET_") and "proxy" not in k.lower()}
-    env["ALKNET_HOME"] = str(home)
-    return env
-
-
-class Proc:
-    """An ``alknet`` subprocess whose stdout and stderr lines are collected while it runs."""
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
-        self.argv = list(argv)
-        self.env = env
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._readers: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Proc:
-        self.proc = await asyncio.create_subprocess_exec(
-            *ALKNET,
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._read(self.proc.stdout, self.out)),
-            asyncio.ensure_future(self._read(self.proc.stderr, self.err)),
-        ]
-        return self
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader, sink: list[str]) -> None:
-        while line := await stream.readline():
-            sink.append(line.decode(errors="replace").rstrip("\n"))
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.err)
-
-    def matching(self, fragment: str) -> list[str]:
-        return [line for line in self.err if fragment in line]
-
-    async def wait_line(self, fragment: str, *, count: int = 1, timeout: float = T) -> str:
-        deadline = time.monotonic() + timeout
-        while len(self.matching(fragment)) < count:
-            if not self.running and all(r.done() for r in self._readers):
-                raise AssertionError(f"{self.argv[:1]} exited before {fragment!r}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{fragment!r} not seen in {timeout}s:\n{self.stderr}")
-            await asyncio.sleep(0.02)
-        return self.matching(fragment)[count - 1]
-
-    async def wait(self, timeout: float = T) -> int:
-        assert self.proc is not None
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._readers), 5)
-        assert self.proc.returncode is not None
-        return self.proc.returncode
-
-    async def stop(self, timeout: float = T) -> int:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-        return await self.wait(timeout)
 
 
 @dataclass
@@ -150,7 +70,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     home.mkdir(mode=0o700)
     write_keypair(home / "id_ed25519", key.key, "client")
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    server = Proc(
+    server = alknet(
         [
             "serve",
             "--log-time",
@@ -172,7 +92,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         port = re.search(r"listening   tcp 127\.0\.0\.1:(\d+)", banner)
         fp = re.search(r"host key    (SHA256:\S+)", banner)
         assert port and fp, banner
-        client = Proc(
+        client = alknet(
             [
                 "connect",
                 "--log-time",
@@ -332,7 +252,7 @@ async def test_bad_toml_on_sighup_keeps_the_running_configuration(pair: Pair, tm
     home = tmp_path / "client2"
     home.mkdir(mode=0o700)
     write_keypair(home / "id_ed25519", pair.key.key, "client")
-    other = Proc(
+    other = alknet(
         [
             "connect",
             "--log-time",

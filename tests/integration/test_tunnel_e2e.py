@@ -24,6 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proc_kit import Proc, T, alknet
+from proc_kit import Runner as ProcRunner
+from proc_kit import clean_env as _env
 from ssh_server_kit import KeyPair, client_options, free_port, new_keypair
 
 from alknet.core.auth.keys import write_keypair
@@ -31,8 +34,6 @@ from alknet.core.ssh.socks5 import Socks5Server
 
 pytestmark = pytest.mark.timeout(120)
 
-ALKNET = [sys.executable, "-m", "alknet.cli"]
-T = 20.0  # bound for one wait on a process
 
 # Every stderr of an alknet process run by this module, and every tunnel target (host names and ports) used;
 # the last test of the module checks that none of the targets appears in any of the logs.
@@ -41,104 +42,8 @@ TARGET_NAMES = {"localhost", "hidden-target"}
 TARGET_PORTS: set[int] = set()
 
 
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALKNET_") and "proxy" not in k.lower()}
-    env["ALKNET_HOME"] = str(home)
-    return env
-
-
-# ------------------------------------------------------------------------------------------- processes
-
-
-class Proc:
-    """An ``alknet`` subprocess whose stdout and stderr lines are collected while it runs."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = env
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._readers: list[asyncio.Task[None]] = []
-        self._recorded = False
-
-    async def start(self) -> Proc:
-        self.proc = await asyncio.create_subprocess_exec(
-            *ALKNET,
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._read(self.proc.stdout, self.out)),
-            asyncio.ensure_future(self._read(self.proc.stderr, self.err)),
-        ]
-        return self
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader, sink: list[str]) -> None:
-        while line := await stream.readline():
-            sink.append(line.decode(errors="replace").rstrip("\n"))
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.err)
-
-    def matching(self, fragment: str, stream: str = "err") -> list[str]:
-        return [line for line in (self.err if stream == "err" else self.out) if fragment in line]
-
-    async def wait_line(
-        self, fragment: str, *, count: int = 1, stream: str = "err", timeout: float = T
-    ) -> str:
-        """The ``count``-th line containing ``fragment``; fails when the process ends or time runs out."""
-        deadline = time.monotonic() + timeout
-        while len(self.matching(fragment, stream)) < count:
-            if not self.running and all(r.done() for r in self._readers):
-                raise AssertionError(f"{self.name} exited before {fragment!r}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.name}: {fragment!r} x{count} not seen in {timeout}s:\n{self.stderr}"
-                )
-            await asyncio.sleep(0.02)
-        return self.matching(fragment, stream)[count - 1]
-
-    def send(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float = T) -> int:
-        assert self.proc is not None
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._readers), 5)
-            if not self._recorded:
-                self._recorded = True
-                STDERRS.append((self.name, self.stderr))
-        assert self.proc.returncode is not None
-        return self.proc.returncode
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = T) -> int:
-        if self.running:
-            self.send(sig)
-        return await self.wait(timeout)
+def _record(proc: Proc) -> None:
+    STDERRS.append((proc.name, proc.stderr))
 
 
 @dataclass
@@ -164,18 +69,15 @@ class Client:
     forwards: list[int] = field(default_factory=list)
 
 
-class Runner:
+class Runner(ProcRunner):
     """Starts ``alknet serve`` and ``alknet connect`` processes; stops whatever is left at the end."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[Proc] = []
+        super().__init__(tmp)
         self._n = 0
 
     def state(self, name: str) -> Path:
-        path = self.tmp / name
-        path.mkdir(mode=0o700, exist_ok=True)
-        return path
+        return self.dir(name)
 
     async def serve(
         self, *args: str, state: str = "server", keys: Sequence[KeyPair] = (), config: str | None = None
@@ -191,7 +93,7 @@ class Runner:
             cfg.write_text(config)
             argv += ["--config", str(cfg)]
         self._n += 1
-        proc = await Proc(f"serve#{self._n}", argv, _env(home)).start()
+        proc = await alknet(argv, _env(home), name=f"serve#{self._n}", on_exit=_record).start()
         self.procs.append(proc)
         await proc.wait_line('msg="server ready"')
         banner = "\n".join(proc.out)
@@ -218,10 +120,11 @@ class Runner:
         identity = home / "id_ed25519"
         if not identity.exists():
             write_keypair(identity, (key or new_keypair()).key, "test client")
-        proc = await Proc(
-            f"connect#{self._n}",
+        proc = await alknet(
             ["connect", "--log-time", "never", *server.client_args(kind), "-D", "127.0.0.1:0", *args],
             _env(home),
+            name=f"connect#{self._n}",
+            on_exit=_record,
         ).start()
         self.procs.append(proc)
         socks = await proc.wait_line('msg="socks5 listening"')
@@ -235,13 +138,6 @@ class Runner:
         if wait_connected:
             await proc.wait_line('msg="connected"')
         return client
-
-    async def aclose(self) -> None:
-        for proc in self.procs:
-            if proc.running:
-                proc.send(signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await proc.wait(10)
 
 
 @pytest.fixture

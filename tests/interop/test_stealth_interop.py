@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import sys
@@ -28,94 +27,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
+from proc_kit import ALKNET, Proc, clean_env
 from ssh_server_kit import free_port, new_keypair
 
 from alknet.core.auth.keys import write_keypair
 
 pytestmark = pytest.mark.timeout(120)
 
-ALKNET = [sys.executable, "-m", "alknet.cli"]
 NGINX_404 = b"HTTP/1.1 404 Not Found\r\nServer: nginx\r\n\r\n"
 BODY = b"behind the stealth listener\n"
-T = 20.0
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ALKNET_") and "proxy" not in k.lower() and k != "SSH_AUTH_SOCK"
-    }
-    env["ALKNET_HOME"] = str(home)
-    return env
-
-
-class Proc:
-    """A subprocess whose stdout and stderr lines are collected while it runs."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.argv = argv
-        self.env = env
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._readers: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Proc:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._read(self.proc.stdout, self.out)),
-            asyncio.ensure_future(self._read(self.proc.stderr, self.err)),
-        ]
-        return self
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader, sink: list[str]) -> None:
-        while line := await stream.readline():
-            sink.append(line.decode(errors="replace").rstrip("\n"))
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.err)
-
-    def matching(self, fragment: str) -> list[str]:
-        return [line for line in self.err if fragment in line]
-
-    async def wait_line(self, fragment: str, *, count: int = 1, timeout: float = T) -> str:
-        deadline = time.monotonic() + timeout
-        while len(self.matching(fragment)) < count:
-            if not self.running and all(r.done() for r in self._readers):
-                raise AssertionError(f"{self.argv[:4]} exited before {fragment!r}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{fragment!r} not seen in {timeout}s:\n{self.stderr}")
-            await asyncio.sleep(0.02)
-        return self.matching(fragment)[count - 1]
-
-    async def stop(self, timeout: float = T) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._readers), 5)
-        assert self.proc.returncode is not None
-        return self.proc.returncode
 
 
 class Stealth:
@@ -134,7 +54,7 @@ async def procs() -> AsyncIterator[list[Proc]]:
         for proc in started:
             if proc.running:
                 with contextlib.suppress(Exception):
-                    await proc.stop(5)
+                    await proc.stop(timeout=5)
 
 
 async def start_stealth(tmp: Path, procs: list[Proc], authorized: str = "", timeout: str = "0.5") -> Stealth:
@@ -155,7 +75,7 @@ async def start_stealth(tmp: Path, procs: list[Proc], authorized: str = "", time
             "--stealth-timeout",
             timeout,
         ],
-        _env(home),
+        clean_env(home, keep_agent=False),
     )
     procs.append(proc)
     await proc.start()
@@ -345,7 +265,7 @@ async def test_stock_ssh_via_openssl_proxycommand_and_alknet_connect(
                 "-L",
                 f"0:127.0.0.1:{page}",
             ],
-            _env(home),
+            clean_env(home, keep_agent=False),
         )
         procs.append(client)
         await client.start()

@@ -21,7 +21,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,105 +32,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
+from proc_kit import ALKNET, Proc, clean_env
+from proc_kit import Runner as ProcRunner
 from ssh_server_kit import KeyPair, free_port, new_keypair, sign_certificate
 
 from alknet.core.auth.keys import write_keypair
 
 pytestmark = pytest.mark.timeout(120)
 
-ALKNET = [sys.executable, "-m", "alknet.cli"]
 SSH = shutil.which("ssh")
-T = 20.0
 BODY = b"page served behind alknet\n"
 
 needs_ssh = pytest.mark.skipif(SSH is None, reason="ssh (Debian package openssh-client) is not installed")
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ALKNET_") and "proxy" not in k.lower() and k != "SSH_AUTH_SOCK"
-    }
-    env["ALKNET_HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-# ------------------------------------------------------------------------------------------- processes
-
-
-class Proc:
-    """A subprocess whose stdout and stderr lines are collected while it runs."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = env
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._readers: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Proc:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._read(self.proc.stdout, self.out)),
-            asyncio.ensure_future(self._read(self.proc.stderr, self.err)),
-        ]
-        return self
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader, sink: list[str]) -> None:
-        while line := await stream.readline():
-            sink.append(line.decode(errors="replace").rstrip("\n"))
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.err)
-
-    def matching(self, fragment: str) -> list[str]:
-        return [line for line in self.err if fragment in line]
-
-    async def wait_line(self, fragment: str, *, count: int = 1, timeout: float = T) -> str:
-        deadline = time.monotonic() + timeout
-        while len(self.matching(fragment)) < count:
-            if not self.running and all(r.done() for r in self._readers):
-                raise AssertionError(f"{self.name} exited before {fragment!r}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: {fragment!r} not seen in {timeout}s:\n{self.stderr}")
-            await asyncio.sleep(0.02)
-        return self.matching(fragment)[count - 1]
-
-    async def wait(self, timeout: float = T) -> int:
-        assert self.proc is not None
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._readers), 5)
-        assert self.proc.returncode is not None
-        return self.proc.returncode
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = T) -> int:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(sig)
-        return await self.wait(timeout)
 
 
 @dataclass
@@ -142,20 +54,7 @@ class Server:
     port: int
 
 
-class Runner:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[Proc] = []
-
-    def dir(self, name: str) -> Path:
-        path = self.tmp / name
-        path.mkdir(mode=0o700, exist_ok=True)
-        return path
-
-    def track(self, proc: Proc) -> Proc:
-        self.procs.append(proc)
-        return proc
-
+class Runner(ProcRunner):
     async def serve(self, *args: str, keys: Sequence[KeyPair] = ()) -> Server:
         home = self.dir("server")
         ak = home / "authorized_keys"
@@ -163,9 +62,9 @@ class Runner:
         ak.chmod(0o600)
         proc = self.track(
             Proc(
-                "serve",
                 [*ALKNET, "serve", "--log-time", "never", "--listen", "tcp://127.0.0.1:0", *args],
-                _env(home),
+                clean_env(home, keep_agent=False),
+                name="serve",
             )
         )
         await proc.start()
@@ -178,16 +77,8 @@ class Runner:
 
     async def ssh(self, server: Server, key: Path, *args: str) -> Proc:
         """A long-running stock ``ssh -N`` with the given forwarding options."""
-        proc = self.track(Proc("ssh", [*ssh_args(self.tmp, server.port, key), "-N", *args, "127.0.0.1"]))
+        proc = self.track(Proc([*ssh_args(self.tmp, server.port, key), "-N", *args, "127.0.0.1"], name="ssh"))
         return await proc.start()
-
-    async def aclose(self) -> None:
-        for proc in self.procs:
-            if proc.running:
-                assert proc.proc is not None
-                proc.proc.kill()
-            with contextlib.suppress(Exception):
-                await proc.wait(10)
 
 
 @pytest.fixture
@@ -354,7 +245,6 @@ async def test_stock_ssh_d_l_r_and_alknet_connect_against_alknet_serve(run: Runn
         write_keypair(home / "id_ed25519", key.key, "same key")
         client = run.track(
             Proc(
-                "connect",
                 [
                     *ALKNET,
                     "connect",
@@ -367,7 +257,8 @@ async def test_stock_ssh_d_l_r_and_alknet_connect_against_alknet_serve(run: Runn
                     "-D",
                     "127.0.0.1:0",
                 ],
-                _env(home),
+                clean_env(home, keep_agent=False),
+                name="connect",
             )
         )
         await client.start()
@@ -474,10 +365,11 @@ async def test_alknet_connect_ignores_home_ssh(run: Runner, tmp_path: Path) -> N
         (dot_ssh / "known_hosts").write_text(f"[127.0.0.1]:{server.port} {other[0]} {other[1]}\n")
         home = run.dir("client")
         write_keypair(home / "id_ed25519", key.key, "client")
-        env = _env(home, HOME=str(fake_home), SSH_AUTH_SOCK=str(tmp_path / "no-agent.sock"))
+        env = clean_env(
+            home, keep_agent=False, HOME=str(fake_home), SSH_AUTH_SOCK=str(tmp_path / "no-agent.sock")
+        )
         client = run.track(
             Proc(
-                "connect",
                 [
                     *ALKNET,
                     "connect",
@@ -489,6 +381,7 @@ async def test_alknet_connect_ignores_home_ssh(run: Runner, tmp_path: Path) -> N
                     "127.0.0.1:0",
                 ],
                 env,
+                name="connect",
             )
         )
         await client.start()
