@@ -7,9 +7,7 @@ captured log record holds any of the words or passphrases used.
 
 from __future__ import annotations
 
-import getpass
 import io
-import itertools
 import logging
 import os
 import shutil
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_ssh_private_key,
 )
+from mnemonic_kit import assert_nothing_left, feed, isolate, terminal
 
 from alknet.cli.commands import keygen as keygen_cmd
 from alknet.cli.main import build_parser, main
@@ -49,17 +48,9 @@ PASSPHRASES = ("TREZOR", " spaced  Passphrase ")
 USAGE_HINT = "(see 'alknet keygen --help')"
 
 
-def _needles(phrase: str) -> list[str]:
-    words = phrase.split()
-    return [" ".join(words)] + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("ALKNET_HOME", "ALKNET_CONFIG", "ALKNET_IDENTITY", "XDG_DATA_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
+    isolate(monkeypatch, tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -68,45 +59,7 @@ def phrases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[list[s
     caplog.set_level(logging.DEBUG)
     used = [ABANDON, BAD_CHECKSUM]
     yield used
-    needles = [n for phrase in used for n in _needles(phrase)] + [p.strip() for p in PASSPHRASES]
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            for needle in needles:
-                assert needle.encode() not in data, f"{needle!r} found in {path}"
-    logged = "\n".join(
-        caplog.handler.format(r) for when in ("setup", "call") for r in caplog.get_records(when)
-    )
-    for needle in needles:
-        assert needle not in logged
-
-
-def feed(monkeypatch: pytest.MonkeyPatch, text: str | bytes) -> io.BytesIO:
-    """Replace stdin with a pipe-like stream (not a terminal) holding ``text``."""
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    raw_stream = io.BytesIO(data)
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw_stream, encoding="utf-8"))
-    return raw_stream
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def terminal(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> list[str]:
-    """Make stdin a terminal whose no-echo prompts return ``answers`` in order; returns the prompts asked."""
-    prompts: list[str] = []
-
-    def fake_getpass(prompt: str = "Password: ", stream: object = None) -> str:
-        prompts.append(prompt)
-        if not answers:
-            raise EOFError
-        return answers.pop(0)
-
-    monkeypatch.setattr(sys, "stdin", FakeTerminal())
-    monkeypatch.setattr(getpass, "getpass", fake_getpass)
-    return prompts
+    assert_nothing_left(tmp_path, caplog, used, [p.strip() for p in PASSPHRASES])
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

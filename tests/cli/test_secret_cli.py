@@ -8,9 +8,7 @@ passphrases used.
 from __future__ import annotations
 
 import base64
-import getpass
 import io
-import itertools
 import json
 import logging
 import os
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from mnemonic import Mnemonic
+from mnemonic_kit import assert_nothing_left, feed, isolate, terminal
 
 from alknet.cli.commands import secret as secret_cmd
 from alknet.cli.main import main
@@ -55,17 +54,9 @@ PASSPHRASES = ("TREZOR", "Zebra Crossing 25")
 FAILED = "alknet: error: decryption failed\n"
 
 
-def _needles(phrase: str) -> list[str]:
-    words = phrase.split()
-    return [" ".join(words)] + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("ALKNET_HOME", "ALKNET_CONFIG", "ALKNET_IDENTITY", "XDG_DATA_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
+    isolate(monkeypatch, tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -74,43 +65,7 @@ def phrases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[list[s
     caplog.set_level(logging.DEBUG)
     used = [ABANDON, BAD_CHECKSUM, OTHER]
     yield used
-    needles = [n for phrase in used for n in _needles(phrase)] + list(PASSPHRASES)
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            for needle in needles:
-                assert needle.encode() not in data, f"{needle!r} found in {path}"
-    logged = "\n".join(
-        caplog.handler.format(r) for when in ("setup", "call") for r in caplog.get_records(when)
-    )
-    for needle in needles:
-        assert needle not in logged
-
-
-def feed(monkeypatch: pytest.MonkeyPatch, data: str | bytes) -> io.BytesIO:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    raw_stream = io.BytesIO(raw)
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw_stream, encoding="utf-8"))
-    return raw_stream
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def terminal(monkeypatch: pytest.MonkeyPatch, answers: list[str], data: str = "") -> list[str]:
-    prompts: list[str] = []
-
-    def fake_getpass(prompt: str = "Password: ", stream: object = None) -> str:
-        prompts.append(prompt)
-        if not answers:
-            raise EOFError
-        return answers.pop(0)
-
-    monkeypatch.setattr(sys, "stdin", FakeTerminal(data))
-    monkeypatch.setattr(getpass, "getpass", fake_getpass)
-    return prompts
+    assert_nothing_left(tmp_path, caplog, used, PASSPHRASES)
 
 
 def secret(
