@@ -14,7 +14,9 @@ import asyncssh
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core" / "policy"))
 
+from policy_helpers import P1_TOML, P2_TOML
 from ssh_server_kit import (
     EchoServer,
     FakeResolver,
@@ -32,27 +34,8 @@ from ssh_server_kit import (
 from alknet.core.errors import ConfigError
 from alknet.core.ssh.channels import ControlChannel, ControlRegistry
 
-P1: dict[str, Any] = {
-    "default": "deny",
-    "rules": [
-        {"target": "alknet-*", "action": "allow"},
-        {"target": "db.internal:5432", "action": "allow", "principals": ["role:db"]},
-        {"target": "*.svc.local:80-443", "action": "allow"},
-        {"target": "10.0.0.0/8:22", "action": "allow", "principals": ["ops"], "transports": ["tls", "iroh"]},
-        {"target": "[fd00::/8]:22", "action": "allow", "principals": ["ops"]},
-    ],
-}
-P2: dict[str, Any] = {
-    "default": "allow",
-    "rules": [
-        {"target": "localhost", "action": "deny"},
-        {"target": "127.0.0.0/8", "action": "deny"},
-        {"target": "::1/128", "action": "deny"},
-        {"target": "169.254.0.0/16", "action": "deny"},
-        {"target": "10.0.0.0/8", "action": "deny"},
-        {"target": "alknet-control:1", "action": "deny"},
-    ],
-}
+# the §7.9 rule sets P1 and P2, defined once for the pure decision-table test
+P1, P2 = P1_TOML, P2_TOML
 
 
 def _p3(app: Path, fp_a: str) -> dict[str, Any]:
