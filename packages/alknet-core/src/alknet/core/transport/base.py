@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .coalesce import CoalescingTransport
+
 __all__ = [
     "TRANSPORT_INFO_KEY",
     "AcceptorClosed",
@@ -279,11 +281,19 @@ class _LostNotifier(asyncio.Protocol):
                 _run_release(cb)
 
 
-def attach(transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, replay: bytes = b"") -> None:
+def attach(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.BaseProtocol,
+    replay: bytes = b"",
+    *,
+    coalesce: bool = True,
+) -> None:
     """Hand a held transport to ``protocol``: ``set_protocol`` + ``connection_made`` + ``replay`` + the bytes
     the :class:`HeldProtocol` buffered + a pending EOF (+ a pending ``connection_lost``), all before any new
     ``data_received`` can run. Works on a transport that is not held, too (then only ``replay`` is
-    delivered)."""
+    delivered). With ``coalesce`` (the default) the protocol writes through a
+    :class:`~alknet.core.transport.coalesce.CoalescingTransport`: its writes of one loop iteration become one
+    send."""
     held = held_protocol(transport)
     pending, eof, lost, lost_exc, paused = b"", False, False, None, False
     callbacks: list[Release] = []
@@ -300,7 +310,10 @@ def attach(transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, rep
             for cb in callbacks:
                 _run_release(cb)
     transport.set_protocol(target)
-    protocol.connection_made(transport)
+    if coalesce and isinstance(transport, asyncio.Transport):
+        protocol.connection_made(CoalescingTransport(transport))
+    else:
+        protocol.connection_made(transport)
     if paused and isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
         transport.resume_reading()
     data = replay + pending
