@@ -11,6 +11,7 @@ capability scopes on ``:``:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
@@ -46,9 +47,18 @@ def split_path(path: object) -> tuple[str, ...] | None:
     """The segments of a valid operation path (``/a/b`` -> ``("a", "b")``), or None if it is invalid.
 
     Valid: starts with ``/``, at most 512 bytes, at least one segment, each ``[A-Za-z0-9_.-]{1,64}``
-    (so no empty segment and no trailing ``/``).
+    (so no empty segment and no trailing ``/``). Results are cached (every call checks its path here).
     """
-    if not isinstance(path, str) or not path.startswith("/") or len(path) > MAX_PATH_BYTES:
+    if type(path) is not str:
+        if not isinstance(path, str):
+            return None
+        path = str(path)
+    return _split_path(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_path(path: str) -> tuple[str, ...] | None:
+    if not path.startswith("/") or len(path) > MAX_PATH_BYTES:
         return None
     if not path.isascii():
         return None  # every valid character is ASCII, so bytes == characters
@@ -110,8 +120,12 @@ def has_scope(held: Iterable[str], required: str) -> bool:
 
 def path_granted(identity: Identity, path: str) -> bool:
     """The path-grant check on the canonical path (a held scope that is a path pattern matching it)."""
-    cpath = canonical_path(path)
-    return any(matches(h, cpath) for h in identity.scopes if h == "*" or h.startswith("/"))
+    return _granted(identity.scopes, canonical_path(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _granted(scopes: tuple[str, ...], cpath: str) -> bool:
+    return any(matches(h, cpath) for h in scopes if h == "*" or h.startswith("/"))
 
 
 def validate_grant(scope: str) -> str:

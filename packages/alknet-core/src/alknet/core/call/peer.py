@@ -114,6 +114,11 @@ log = logging.getLogger("alknet.call")
 ANONYMOUS: Final = Identity("anonymous")
 REGISTER_PATH: Final = "/head/services/register"
 _FAIR_BATCH: Final = 32
+#: Frames handled from one burst of bytes before the reader lets the loop run the handlers and the writer.
+_READ_SLICE: Final = 32
+_NEVER: Final = float("inf")
+#: A deadline this close (seconds, loop clock) counts as reached when the deadline timer runs.
+_DEADLINE_SLACK: Final = 0.0005
 
 #: The channel serving the current inbound call (set in each handler task).
 CURRENT_PEER: contextvars.ContextVar[CallPeer | None] = contextvars.ContextVar("alknet_peer", default=None)
@@ -228,6 +233,10 @@ class CallPeer:
         self._reader_task: asyncio.Task[None] | None = None
         self._finalizer: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
+        self._deadlines: dict[str, float] = {}
+        self._expired: set[str] = set()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = _NEVER
         self._started = False
         self._closing = False
         self.close_reason: str | None = None
@@ -321,6 +330,9 @@ class CallPeer:
         self._closing = True
         self.close_reason = reason
         self._pending.close()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         handlers = self._inbound.close()
         self._writer.close(discard=discard)
         callbacks, self._close_callbacks = self._close_callbacks, []
@@ -353,12 +365,23 @@ class CallPeer:
 
     async def _read_loop(self) -> None:
         reason, discard = "eof", False
+        reader, decoder = self._reader, self._reader.decoder
+        burst = 0
         try:
             while True:
-                env = await self._reader.read()
+                env = await reader.read()
                 if env is None:
                     break
                 self._on_envelope(env)
+                if not decoder.buffered:
+                    burst = 0
+                else:
+                    burst += 1
+                    if burst >= _READ_SLICE:
+                        # A long burst (a pipelining peer) is served in slices: the answers of one slice are
+                        # flushed while the next is decoded, so both ends work at the same time.
+                        burst = 0
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             reason = "closed"
         except (FrameError, _ProtocolError) as exc:
@@ -645,11 +668,40 @@ class CallPeer:
             hops,
         )
 
+    # Deadlines of inbound calls: one timer per channel, armed at the earliest live deadline, instead of a
+    # timer per call (most calls end long before their deadline, and a per-call timer is a large share of
+    # the cost of a small call). When it fires, each expired call's task is cancelled and answers TIMEOUT.
+
+    def _arm_deadline(self, rid: str, at: float) -> None:
+        self._deadlines[rid] = at
+        if at < self._deadline_at:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_at = at
+            self._deadline_timer = asyncio.get_running_loop().call_at(at, self._expire_deadlines)
+
+    def _expire_deadlines(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline_timer, self._deadline_at = None, _NEVER
+        now = loop.time() + _DEADLINE_SLACK
+        nxt = _NEVER
+        for rid, at in list(self._deadlines.items()):
+            if at <= now:
+                del self._deadlines[rid]
+                task = self._inbound.task(rid)
+                if task is not None and not task.done():
+                    self._expired.add(rid)
+                    task.cancel()
+            elif at < nxt:
+                nxt = at
+        if nxt < _NEVER:
+            self._deadline_at = nxt
+            self._deadline_timer = loop.call_at(nxt, self._expire_deadlines)
+
     async def _serve(self, ev: CallRequested) -> None:
         CURRENT_PEER.set(self)
         rid = ev.request_id
         deadline: int | None = None
-        cm: asyncio.Timeout | None = None
         try:
             assert self._dispatcher is not None
             prepared = self._dispatcher.prepare(self._inbound_request(ev))
@@ -662,23 +714,29 @@ class CallPeer:
                 remaining = deadline / 1000 - self._clock()
                 if remaining <= 0:
                     raise timeout_error(deadline)
-                cm = asyncio.timeout(remaining)
-                async with cm:
+                self._arm_deadline(rid, asyncio.get_running_loop().time() + remaining)
+                try:
                     await self._run(rid, prepared, deadline)
+                finally:
+                    self._deadlines.pop(rid, None)
         except asyncio.CancelledError:
             task = asyncio.current_task()
+            if rid in self._expired:
+                self._expired.discard(rid)
+                if task is not None and task.cancelling() == 1 and not self._closing:
+                    task.uncancel()
+                    if deadline is not None and not self._inbound.aborted(rid):
+                        self._post(call_error(rid, timeout_error(deadline)))
+                return
             if task is None or task.cancelling():
                 return  # aborted by the caller, or the channel is closing: send nothing
             self._post(call_error(rid, wire_error(RuntimeError("handler cancelled"), rid)))
         except AbortCall:
             self._post(call_aborted(rid))
-        except TimeoutError as exc:
-            if cm is not None and cm.expired() and deadline is not None:
-                self._post(call_error(rid, timeout_error(deadline)))
-            else:
-                self._post(call_error(rid, wire_error(exc, rid)))
         except Exception as exc:
             self._post(call_error(rid, wire_error(exc, rid)))
+        finally:
+            self._expired.discard(rid)
 
     async def _run(self, rid: str, prepared: Prepared, deadline: int | None) -> None:
         if prepared.call is not None:
