@@ -12,7 +12,6 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from alknet.cli.commands import COMMANDS
 from alknet.cli.context import Context
 from alknet.cli.errors import EXIT_USAGE, CliError, UsageError
 from alknet.cli.version import version_line
@@ -96,6 +95,10 @@ def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
 
 
 def build_parser() -> Parser:
+    # Imported here, inside main()'s error handling: the commands pull in asyncssh and friends (over a
+    # second on a slow machine), and a Ctrl-C during that import must still end as "interrupted", exit 1.
+    from alknet.cli.commands import COMMANDS
+
     parser = Parser(
         prog="alknet",
         description="alknet: private networking over one authenticated SSH session.",
