@@ -2,10 +2,14 @@
 
 Schemas are checked and compiled once. A ``$ref`` (or ``$dynamicRef``) other than ``#`` or ``#/...`` is
 refused, and the validator's registry can retrieve nothing, so validation never fetches anything.
+
+A schema within a safe subset of keywords also gets a fast checker (``schema_fast``) that can only answer
+"valid"; whenever it does not, ``jsonschema`` runs as before, so every error still comes from ``jsonschema``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, NoReturn
 
@@ -14,6 +18,8 @@ import referencing
 import referencing.exceptions
 import referencing.jsonschema
 from jsonschema import Draft202012Validator
+
+from alknet.core.call.schema_fast import FastCheck, compile_fast
 
 __all__ = ["MAX_SCHEMA_ERRORS", "SchemaValidator", "compile_schema", "json_pointer"]
 
@@ -67,12 +73,12 @@ def _sort_key(path: tuple[Any, ...]) -> tuple[tuple[int, int, str], ...]:
 class SchemaValidator:
     """A compiled schema. ``{}`` accepts anything and skips the validator entirely."""
 
-    __slots__ = ("_validator", "schema")
+    __slots__ = ("_fast", "_validator", "schema")
 
     def __init__(self, schema: Mapping[str, Any], *, where: str = "schema") -> None:
         if not isinstance(schema, Mapping):
             raise ValueError(f"{where} must be a JSON object")
-        schema = dict(schema)
+        schema = copy.deepcopy(dict(schema))  # later edits by the caller must not split the two checkers
         try:
             Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
@@ -93,6 +99,8 @@ class SchemaValidator:
                 raise ValueError(f"{where} has an unresolvable $ref {ref[:80]!r}") from None
         self.schema = schema
         self._validator = None if not schema else Draft202012Validator(schema, registry=_REGISTRY)
+        # answers True only for values jsonschema accepts; None when the schema leaves the subset
+        self._fast: FastCheck | None = None if not schema else compile_fast(schema)
 
     @property
     def accepts_anything(self) -> bool:
@@ -102,6 +110,14 @@ class SchemaValidator:
         """At most 20 ``{"path": <JSON Pointer into value>, "message": ...}`` sorted by path; [] if valid."""
         if self._validator is None:
             return []
+        fast = self._fast
+        if fast is not None:
+            try:
+                known_valid = fast(value)
+            except Exception:  # never expected; jsonschema below has the last word either way
+                known_valid = False
+            if known_valid:
+                return []
         found: list[tuple[tuple[Any, ...], str]] = []
         try:
             for err in self._validator.iter_errors(value):
