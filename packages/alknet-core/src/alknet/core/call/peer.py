@@ -737,6 +737,7 @@ class CallPeer:
             self._post(call_error(rid, wire_error(exc, rid)))
         finally:
             self._expired.discard(rid)
+            self._inbound.finish(rid, asyncio.current_task())
 
     async def _run(self, rid: str, prepared: Prepared, deadline: int | None) -> None:
         if prepared.call is not None:

@@ -92,11 +92,14 @@ def _ignore_send(request_id: str) -> None:
 
 
 class _CallEntry:
-    __slots__ = ("deadline", "future")
+    __slots__ = ("deadline", "future", "on_done")
 
-    def __init__(self, future: asyncio.Future[Any], deadline: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[Any], deadline: int, on_done: Callable[[asyncio.Future[Any]], None]
+    ) -> None:
         self.future = future
         self.deadline = deadline
+        self.on_done = on_done  # the cancellation watcher, removed again when an answer arrives
 
     def expiry(self) -> int:
         return self.deadline
@@ -272,8 +275,9 @@ class PendingRequestMap:
         """Register a call: the future gets the output or a ``CallError``. Cancelling it sends ``call.aborted``."""
         self._admit(request_id)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._entries[request_id] = _CallEntry(fut, deadline_ms)
-        fut.add_done_callback(functools.partial(self._future_done, request_id))
+        on_done = functools.partial(self._future_done, request_id)
+        self._entries[request_id] = _CallEntry(fut, deadline_ms, on_done)
+        fut.add_done_callback(on_done)
         self._schedule(request_id, deadline_ms)
         return fut
 
@@ -307,8 +311,10 @@ class PendingRequestMap:
             return False
         if type(e) is _CallEntry:
             del self._entries[request_id]
-            if not e.future.done():
-                e.future.set_result(output)
+            fut = e.future
+            if not fut.done():
+                fut.remove_done_callback(e.on_done)  # it only matters for a cancelled future
+                fut.set_result(output)
             self._remember_resolved(request_id, e.deadline)
             return True
         assert isinstance(e, _SubEntry)
@@ -468,10 +474,11 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 
 class _Inbound:
-    __slots__ = ("aborted", "task")
+    __slots__ = ("aborted", "on_done", "task")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> None:
         self.task = task
+        self.on_done = on_done
         self.aborted = False
 
 
@@ -514,13 +521,22 @@ class InboundCalls:
         err = self.admit(request_id)
         if err is not None:
             raise ValueError(f"cannot add inbound call: {err}")
-        self._calls[request_id] = _Inbound(task)
-        task.add_done_callback(functools.partial(self._task_done, request_id))
+        on_done = functools.partial(self._task_done, request_id)
+        self._calls[request_id] = _Inbound(task, on_done)
+        task.add_done_callback(on_done)
 
     def _task_done(self, request_id: str, task: asyncio.Task[Any]) -> None:
         e = self._calls.get(request_id)
         if e is not None and e.task is task:
             del self._calls[request_id]
+
+    def finish(self, request_id: str, task: asyncio.Task[Any] | None) -> None:
+        """Called by the handler task itself as its last step: the entry leaves now (a task cancelled
+        before it ever ran is removed by its done callback instead)."""
+        e = self._calls.get(request_id)
+        if e is not None and e.task is task:
+            del self._calls[request_id]
+            task.remove_done_callback(e.on_done)
 
     def task(self, request_id: str) -> asyncio.Task[Any] | None:
         e = self._calls.get(request_id)
