@@ -25,8 +25,15 @@ channel (port 0 JSON, port 1 msgpack); no SOCKS5 and no forwards. Host keys: ``h
 first use, exactly like the CLI. :func:`serve` never creates a host key and, with ``state_dir=None``, writes
 no file. This module imports asyncssh (it is not a light module).
 
-Transports here: SSH over ``tcp`` and ``tls``. The quic and iroh transports and raw framing are refused with
-``ValueError`` naming the field.
+Raw framing (``interface="raw"``, §10.2): :func:`connect` dials a ``raw+tcp`` listener (``server`` is
+``HOST:PORT`` or ``raw+tcp://HOST:PORT``, the port is required), sends ``auth.token`` (``token``, or one minted
+now from ``identity`` / ``ALKNET_IDENTITY``) and returns after ``auth.ok``, with ``info.identity`` the identity
+the server granted (the one an SSH login with that key gets). A refused token raises
+:class:`~alknet.core.raw.RawAuthError` (code ``FORBIDDEN``). No host key is involved: the plaintext listener
+is not authenticated, so use it on loopback or a trusted network. :func:`run_worker` connects over SSH only.
+
+Transports here: SSH over ``tcp`` and ``tls``, raw framing over ``tcp``. The quic and iroh transports are
+refused with ``ValueError`` naming the field.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import asyncssh
@@ -59,11 +67,15 @@ from alknet.core.api_stream import (
     ControlStream,
     check_codec,
     open_control,
+    open_raw_control,
 )
+from alknet.core.auth.keys import load_private_key
+from alknet.core.auth.token import mint_token
 from alknet.core.call.channel import ChannelLimits
 from alknet.core.call.envelope import CallError, ErrorCode
 from alknet.core.call.peer import CallPeer, ChannelTrust
 from alknet.core.call.registry import is_valid_node_name
+from alknet.core.config.static import parse_listen
 from alknet.core.errors import ConfigError
 from alknet.core.events import EventClient, RemoteSubscription
 from alknet.core.logfmt import log_event
@@ -92,6 +104,7 @@ __all__ = [
     "connect",
     "head_node",
     "open_control",
+    "open_raw_control",
     "run_worker",
     "serve",
     "ssh_client",
@@ -111,7 +124,9 @@ class ConnectOptions:
 
     ``server`` and ``identity`` default to ``ALKNET_SERVER`` and ``ALKNET_IDENTITY`` when ``None``; an explicit
     value wins. ``identity`` is an OpenSSH Ed25519 private key: a path, or the file's bytes. ``head_scopes``
-    are the scopes of calls arriving from this server (a worker's trust in its head).
+    are the scopes of calls arriving from this server (a worker's trust in its head). ``interface="raw"``
+    (tcp only) sends ``token`` as ``auth.token``; with ``token=None`` one is minted from ``identity`` at
+    connect. There is no environment variable for the token.
     """
 
     server: str | None = None
@@ -147,11 +162,17 @@ class ConnectOptions:
 
 
 def _check_connect(opts: ConnectOptions) -> None:
-    if opts.interface != "ssh":
-        raise ValueError(
-            f"ConnectOptions.interface: {opts.interface!r} is not available in alknet.core.api (use 'ssh')"
-        )
-    if opts.transport not in SSH_TRANSPORTS:
+    if opts.interface not in ("ssh", "raw"):
+        raise ValueError(f"ConnectOptions.interface: must be 'ssh' or 'raw', got {opts.interface!r}")
+    if opts.interface == "raw":
+        if opts.transport != "tcp":
+            raise ValueError(
+                f"ConnectOptions.transport: raw framing is available over tcp only in this release "
+                f"(a raw+tcp listener), not {opts.transport!r}"
+            )
+        if opts.proxy is not None:
+            raise ValueError("ConnectOptions.proxy is not available with interface='raw'")
+    elif opts.transport not in SSH_TRANSPORTS:
         raise ValueError(
             f"ConnectOptions.transport: {opts.transport!r} is not available in this release (tcp or tls)"
         )
@@ -160,11 +181,17 @@ def _check_connect(opts: ConnectOptions) -> None:
     check_codec(opts.codec)
 
 
+def _ssh_only(opts: ConnectOptions, what: str) -> None:
+    if opts.interface != "ssh":
+        raise ValueError(f"ConnectOptions.interface: {what} connects over SSH only, not {opts.interface!r}")
+
+
 def client_options(opts: ConnectOptions, *, state_dir: str | os.PathLike[str] | None = None) -> ClientOptions:
     """The SSH client settings of ``opts`` (environment defaults applied). Without a ``host_key`` pin or
     ``insecure_host_key``, host keys are checked against ``<state_dir>/known_hosts`` (default: the state dir
     of ``ALKNET_HOME`` or the platform)."""
     _check_connect(opts)
+    _ssh_only(opts, "client_options()")
     server = opts.server if opts.server is not None else _env("ALKNET_SERVER")
     if not server:
         raise ValueError("no server: set ConnectOptions.server or ALKNET_SERVER")
@@ -197,14 +224,64 @@ def ssh_client(opts: ConnectOptions) -> SshClient:
     return SshClient(client_options(opts))
 
 
+def _raw_address(server: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``raw+tcp://HOST:PORT`` -> ``(host, port)``; ``ConfigError`` naming the value."""
+    shown = server[:100]
+    try:
+        spec = parse_listen(server if "://" in server else f"raw+tcp://{server}")
+    except ValueError as exc:
+        raise ConfigError(f"invalid raw server address {shown!r}: {exc}") from None
+    if spec.interface != "raw" or spec.port == 0:
+        raise ConfigError(f"invalid raw server address {shown!r}: use HOST:PORT or raw+tcp://HOST:PORT")
+    return spec.host, spec.port
+
+
+def _raw_token(opts: ConnectOptions) -> str:
+    """``opts.token``, or a token minted now from ``opts.identity`` / ``ALKNET_IDENTITY``."""
+    if opts.token is not None:
+        if not opts.token:
+            raise ValueError("ConnectOptions.token is empty")
+        return opts.token
+    identity = opts.identity if opts.identity is not None else _env("ALKNET_IDENTITY")
+    if identity is None:
+        raise ValueError(
+            "no token: set ConnectOptions.token, or ConnectOptions.identity or ALKNET_IDENTITY to mint one"
+        )
+    key = load_private_key(Path(identity) if isinstance(identity, str) else identity)
+    return mint_token(key, int(time.time()))
+
+
+async def _connect_raw(opts: ConnectOptions) -> ControlStream:
+    server = opts.server if opts.server is not None else _env("ALKNET_SERVER")
+    if not server:
+        raise ValueError("no server: set ConnectOptions.server or ALKNET_SERVER")
+    host, port = _raw_address(server)
+    return await open_raw_control(
+        host,
+        port,
+        _raw_token(opts),
+        codec=opts.codec,
+        head_scopes=opts.head_scopes,
+        timeout=opts.connect_timeout,
+        max_frame=opts.limits.max_frame,
+    )
+
+
 async def connect(opts: ConnectOptions | None = None) -> ControlStream:
     """Connect (transport, SSH auth, host-key check) and open one control channel in ``opts.codec``.
 
+    With ``interface="raw"``: dial the ``raw+tcp`` listener at ``server`` and authenticate with ``token`` (or
+    one minted from ``identity`` / ``ALKNET_IDENTITY``); ``info.identity`` is the identity of ``auth.ok``.
+
     Raises ``ValueError`` for unusable options (``KeyFormatError`` for bad key material, ``ConfigError`` for
     a bad server address), ``HostKeyError``, asyncssh's ``PermissionDenied``, ``TimeoutError`` or
-    ``OSError`` when the server cannot be reached, ``ChannelOpenError`` when it refuses the channel.
+    ``OSError`` when the server cannot be reached, ``ChannelOpenError`` when it refuses the channel, and
+    (raw) :class:`~alknet.core.raw.RawAuthError` when it refuses the token.
     """
     opts = opts if opts is not None else ConnectOptions()
+    _check_connect(opts)
+    if opts.interface == "raw":
+        return await _connect_raw(opts)
     client = ssh_client(opts)
     try:
         conn = await client.connect()
@@ -248,10 +325,12 @@ async def run_worker(
     logs ``level=ERROR msg="registration refused" node=... code=...`` and is retried with the same backoff.
     ``client`` replaces the SSH client built from ``opts`` (the CLI passes one that uses its state dir);
     ``opts`` still gives the codec, the head scopes and the limits. Raises only ``HostKeyError`` (a host-key
-    mismatch needs an operator) and ``CancelledError``.
+    mismatch needs an operator) and ``CancelledError`` once running; ``ValueError`` at once for a bad node
+    name or ``opts.interface="raw"`` (workers connect over SSH).
     """
     if not is_valid_node_name(name):
         raise ValueError(f"invalid node name {name!r}: [a-z0-9][a-z0-9-]{{0,62}}, not 'head'")
+    _ssh_only(opts, "run_worker()")
     check_codec(opts.codec)
     ssh = client if client is not None else ssh_client(opts)
 
