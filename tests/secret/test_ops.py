@@ -301,6 +301,27 @@ async def test_locked_service_answers_locked_for_every_key_op(locked_rig: Rig) -
     assert await peer.call("/secrets/lock", {}, timeout=10) == {}
 
 
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_status_and_lock_take_null_absent_or_empty_input(locked_rig: Rig, codec: str) -> None:
+    """secret.md §9 lists their input as ``{}``; a null (or omitted) input means the same."""
+    peer = await locked_rig.client(codec=codec)
+    locked = {"locked": True, "current_key_version": 2}
+    assert await peer.call("/secrets/status", None, timeout=10) == locked
+    assert await peer.call("/secrets/status", timeout=10) == locked
+    assert await peer.call("/secrets/status", {}, timeout=10) == locked
+    await locked_rig.service.unlock(ABANDON)
+    assert (await peer.call("/secrets/status", timeout=10))["locked"] is False
+    assert await peer.call("/secrets/lock", None, timeout=10) == {}
+    assert locked_rig.service.locked
+    await locked_rig.service.unlock(ABANDON)
+    assert await peer.call("/secrets/lock", timeout=10) == {}
+    assert locked_rig.service.locked
+    assert await peer.call("/secrets/lock", {}, timeout=10) == {}
+    for spec in secret_operation_specs():
+        if spec.name in ("/secrets/status", "/secrets/lock"):
+            assert spec.input_schema["type"] == ["object", "null"], spec.name
+
+
 async def test_unlock_absent_by_default(rig: Rig) -> None:
     peer = await rig.client()
     listed = [o["name"] for o in (await peer.call("/services/list", {}, timeout=10))["operations"]]
@@ -353,8 +374,10 @@ async def test_public_scope_alone_reads_public_keys(rig: Rig) -> None:
 
 SCHEMA_INVALID = [
     ("/secrets/status", {"x": 1}),
-    ("/secrets/status", None),
+    ("/secrets/status", []),
+    ("/secrets/status", "now"),
     ("/secrets/lock", {"now": True}),
+    ("/secrets/lock", 0),
     ("/secrets/publicKey", {}),
     ("/secrets/publicKey", {"path": 3}),
     ("/secrets/deriveEd25519", {"path": IDENTITY_PATH, "extra": 1}),

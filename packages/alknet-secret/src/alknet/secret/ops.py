@@ -87,6 +87,8 @@ def _key_out(key_type: str) -> _Json:
     )
 
 
+# ``/secrets/status`` and ``/secrets/lock`` take no arguments: ``{}``, or a null / absent input.
+_NO_INPUT: Final[_Json] = {"type": ["object", "null"], "properties": {}, "additionalProperties": False}
 _STATUS_OUT = _obj(
     {"locked": {"type": "boolean"}, "current_key_version": _KEY_VERSION}, ("locked", "current_key_version")
 )
@@ -238,7 +240,7 @@ _TABLE: Final[tuple[tuple[str, OperationType, AccessControl, _Json, _Json, _Impl
         "status",
         _Q,
         AccessControl(required_scopes_any=_ALL_SCOPES),
-        _obj(),
+        _NO_INPUT,
         _STATUS_OUT,
         _status,
         "whether the service is locked, and the current key version",
@@ -252,7 +254,15 @@ _TABLE: Final[tuple[tuple[str, OperationType, AccessControl, _Json, _Json, _Impl
         _unlock,
         "unlock with the seed words (registered only with allow_remote_unlock)",
     ),
-    ("lock", _M, AccessControl((SCOPE_ADMIN,)), _obj(), _obj(), _lock, "zero the seed and every cached key"),
+    (
+        "lock",
+        _M,
+        AccessControl((SCOPE_ADMIN,)),
+        _NO_INPUT,
+        _obj(),
+        _lock,
+        "zero the seed and every cached key",
+    ),
     (
         "publicKey",
         _Q,
@@ -335,7 +345,7 @@ def _handler(
 
     async def handler(input: Any, ctx: OperationContext) -> _Json:
         try:
-            return await impl(service, dict(input))
+            return await impl(service, {} if input is None else dict(input))
         except CallError:
             raise
         except DecryptionError:

@@ -1,5 +1,11 @@
 """``alknet worker``: register local operations with a head under a node name and serve routed calls
-(cli.md §9). Same reconnect supervisor as ``connect``; registers again after every reconnect."""
+(cli.md §9). Same reconnect supervisor as ``connect``; registers again after every reconnect.
+
+``--service secrets`` serves the ``/secrets/*`` operations of a :class:`~alknet.secret.SecretService`
+(secret.md §9; the head sees them as ``/<node>/secrets/...``). The service starts locked; ``--unlock`` reads
+the words as cli.md §1 says (:mod:`alknet.cli.secret_input`) and unlocks it before connecting. There is no
+remote unlock (``/secrets/unlock`` is not registered). The words are never logged, and the seed is zeroed
+when the worker stops. ``storage`` and ``flowgraph`` are not available yet (exit 2)."""
 
 from __future__ import annotations
 
@@ -22,18 +28,22 @@ from alknet.cli.commands.call import add_codec_option
 from alknet.cli.context import Context
 from alknet.cli.errors import CliError, UsageError
 from alknet.cli.runner import run_until_stopped, setup_cli_logging
+from alknet.cli.secret_input import read_mnemonic
 from alknet.cli.state import config_sources
 from alknet.core.ssh.client import SshClient
 from alknet.core.ssh.known_hosts import HostKeyError
 
 if TYPE_CHECKING:  # the call protocol (and jsonschema) load only when the command runs
     from alknet.core.call.registry import OperationRegistry
+    from alknet.secret.service import SecretService
 
 __all__ = ["load_module_spec", "register"]
 
 _PROG = "alknet worker"
 _FUNC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+#: The built-in services ``--service`` can serve in this release.
+AVAILABLE_SERVICES = ("secrets",)
 
 
 def register(sub: Any, add_globals: AddGlobals) -> None:
@@ -48,9 +58,13 @@ def register(sub: Any, add_globals: AddGlobals) -> None:
             "and its FUNC (default register) is called with the OperationRegistry, sync or async. The identity\n"
             "needs scope node:<name> (or node:*). Reconnects with backoff forever and registers again after\n"
             "every reconnect; a refused registration logs an ERROR and is retried the same way.\n\n"
+            "--service secrets serves /<node>/secrets/*, locked until --unlock reads the mnemonic words\n"
+            "(no-echo prompt on a terminal, else line 1 of stdin). Callers need a path grant such as\n"
+            "/<node>/secrets/* plus the secrets:* scope of each operation.\n\n"
             "examples:\n"
             "  alknet worker --server head.example:2222 --node dev1 --module examples/echo.py\n"
-            "  alknet worker --node dev1 --module myapp.ops:register_ops"
+            "  alknet worker --node dev1 --module myapp.ops:register_ops\n"
+            "  alknet worker --node vault --service secrets --unlock"
         ),
     )
     add_connection_options(p)
@@ -72,12 +86,12 @@ def register(sub: Any, add_globals: AddGlobals) -> None:
         action="append",
         choices=("storage", "secrets", "flowgraph"),
         metavar="NAME",
-        help="built-in service to serve: storage, secrets, flowgraph (repeatable)",
+        help="built-in service to serve: storage, secrets, flowgraph (repeatable; only secrets in this release)",
     )
     g.add_argument(
         "--unlock",
         action="store_true",
-        help="unlock the secrets service at start (words from the terminal or stdin)",
+        help="unlock the secrets service at start (words from a no-echo prompt, else line 1 of stdin)",
     )
     p.set_defaults(_run=run)
 
@@ -146,13 +160,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     worker = static.worker
     if not worker.node:
         raise UsageError("--node is required (or ALKNET_NODE)", _PROG)
-    if worker.services:
+    missing = [s for s in worker.services if s not in AVAILABLE_SERVICES]
+    if missing:
         raise UsageError(
-            f"--service {worker.services[0]}: built-in services are not available in this release", _PROG
+            f"--service {missing[0]}: built-in services other than secrets are not available in this release",
+            _PROG,
         )
-    if args.unlock:
+    with_secrets = "secrets" in worker.services
+    if args.unlock and not with_secrets:
         raise UsageError("--unlock needs --service secrets", _PROG)
     options = client_options(args, ctx, static, _PROG)
+    words = read_mnemonic(passphrase=False, prog=_PROG)[0] if args.unlock else None
     client = SshClient(options)
     name = worker.node
     modules = worker.modules
@@ -163,9 +181,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from alknet.core.node import Node
 
     async def main(stop: asyncio.Event) -> int:
+        nonlocal words
         registry = OperationRegistry()
-        for spec_text in modules:
-            await load_module_spec(spec_text, registry)
+        service: SecretService | None = None
+        try:
+            if with_secrets:
+                service = await _secrets_service(registry, words)
+            words = None
+            for spec_text in modules:
+                await load_module_spec(spec_text, registry)
+        except BaseException:
+            words = None
+            if service is not None:
+                await service.lock()
+            await client.aclose()
+            raise
         node = Node(name, registry)
         task = asyncio.ensure_future(
             run_worker(ConnectOptions(codec=args.codec), node, name=name, client=client)
@@ -184,6 +214,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 await task
             await node.close()
             await client.aclose()
+            if service is not None:
+                await service.lock()  # zero the seed and every cached key
         return 0
 
     return run_until_stopped(main)
+
+
+async def _secrets_service(registry: OperationRegistry, words: str | None) -> SecretService:
+    """A ``SecretService`` with its ``/secrets/*`` operations on ``registry``, unlocked with ``words`` unless
+    ``None``. Invalid words exit 1 with the library's message, which never quotes a word."""
+    from alknet.secret import InvalidMnemonicError, SecretService, register_secret_operations
+
+    service = SecretService()
+    register_secret_operations(registry, service)
+    if words is not None:
+        try:
+            await service.unlock(words)
+        except InvalidMnemonicError as exc:  # a count, a position or "checksum mismatch"
+            raise CliError(f"cannot unlock the secrets service: {exc}") from None
+        except ValueError as exc:  # text that is not valid Unicode; never quoted
+            raise CliError(f"cannot unlock the secrets service: {exc}") from None
+    return service
