@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from alknet.core.transport.base import HeldProtocol, attach
-from alknet.core.transport.coalesce import CoalescingTransport
+from alknet.core.transport.coalesce import CoalescingTransport, batched_writes
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -60,6 +60,30 @@ async def test_one_iteration_of_writes_is_one_write() -> None:
     t.write(b"gh")
     await asyncio.sleep(0)
     assert inner.writes == [b"abcdef", b"gh"]
+
+
+async def test_a_batch_goes_out_when_the_outermost_block_ends() -> None:
+    a, b = RecordingTransport(), RecordingTransport()
+    ta, tb = CoalescingTransport(a), CoalescingTransport(b)
+    with batched_writes():
+        ta.write(b"1")
+        with batched_writes():
+            tb.write(b"x")
+            ta.write(b"2")
+        assert a.writes == [] and b.writes == []  # the inner block ending flushes nothing
+        ta.write(b"3")
+    assert a.writes == [b"123"] and b.writes == [b"x"]  # no loop iteration needed
+    await asyncio.sleep(0)
+    assert a.writes == [b"123"] and b.writes == [b"x"]  # and nothing scheduled behind
+
+
+async def test_an_error_inside_a_batch_still_flushes() -> None:
+    inner = RecordingTransport()
+    t = CoalescingTransport(inner)
+    with pytest.raises(RuntimeError), batched_writes():
+        t.write(b"before the error")
+        raise RuntimeError("boom")
+    assert inner.writes == [b"before the error"]
 
 
 @pytest.mark.parametrize("end", ["close", "abort", "write_eof"])

@@ -22,6 +22,7 @@ from alknet.core.call.frame import (
     check_max_frame,
     encode_frame,
 )
+from alknet.core.transport.coalesce import batched_writes
 
 __all__ = ["CLOSE_GRACE", "ChannelLimits", "ChannelStream", "ChannelWriter", "WriterLike"]
 
@@ -174,7 +175,8 @@ class ChannelWriter:
                 self._buf.clear()
                 self._size = 0
                 self._release()
-                self._writer.write(data)
+                with batched_writes():  # already one batch: to the socket now, not next iteration
+                    self._writer.write(data)
                 await self._writer.drain()
         except asyncio.CancelledError:
             raise

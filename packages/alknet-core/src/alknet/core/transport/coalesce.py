@@ -16,9 +16,42 @@ the real transport's: it calls the protocol's ``pause_writing``/``resume_writing
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["CoalescingTransport"]
+__all__ = ["CoalescingTransport", "batched_writes"]
+
+
+class _Batch(threading.local):
+    """Per thread (one running loop each): the open :func:`batched_writes` blocks and what they collected."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: list[CoalescingTransport] = []
+
+
+_BATCH = _Batch()
+
+
+@contextmanager
+def batched_writes() -> Iterator[None]:
+    """Writes made inside the block reach their sockets together when it ends, in the same iteration.
+
+    For writers that batch on their own (the call protocol's channel writer writes every frame of an
+    iteration at once): waiting for the next iteration would only add latency.
+    """
+    b = _BATCH
+    b.depth += 1
+    try:
+        yield
+    finally:
+        b.depth -= 1
+        if not b.depth and b.pending:
+            pending, b.pending = b.pending, []
+            for t in pending:
+                t._flush()
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -50,7 +83,10 @@ class CoalescingTransport(asyncio.Transport):
         self._size += len(data)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            if _BATCH.depth:
+                _BATCH.pending.append(self)  # flushed when the batch ends
+            else:
+                self._loop.call_soon(self._flush)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
