@@ -463,6 +463,56 @@ async def test_write_coalescing() -> None:
     await kit.close_all(cp, sp)
 
 
+async def test_a_lone_frame_leaves_at_once_and_the_rest_together() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+        async def drain(self) -> None:
+            return None
+
+    rec = Recorder()
+    cw = ChannelWriter(rec, JSON_CODEC)
+    cw.start()
+    await asyncio.sleep(0)  # the flushing task is idle now
+    frames = [cw.encode(EventEnvelope("x", "", i)) for i in range(4)]
+    assert cw.post_frame(frames[0])
+    assert rec.writes == [frames[0]]  # written before any loop iteration
+    cw.post_frame(frames[1])
+    cw.post_frame(frames[2])
+    assert rec.writes == [frames[0]]  # queued behind it
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert rec.writes == [frames[0], frames[1] + frames[2]]  # one write for the rest
+    cw.rearm()
+    cw.post_frame(frames[3])
+    assert rec.writes[-1] == frames[3]
+    cw.close()
+    await cw.wait_closed()
+    assert b"".join(rec.writes) == b"".join(frames)
+
+
+async def test_a_failing_direct_write_closes_the_writer() -> None:
+    class Broken:
+        def write(self, data: bytes) -> None:
+            raise BrokenPipeError("gone")
+
+        async def drain(self) -> None:
+            return None
+
+    errors: list[BaseException] = []
+    cw = ChannelWriter(Broken(), JSON_CODEC, on_error=errors.append)
+    cw.start()
+    await asyncio.sleep(0)
+    assert cw.post(EventEnvelope("x", "", 1)) is False
+    assert cw.closed and isinstance(errors[0], BrokenPipeError)
+    assert cw.post(EventEnvelope("x", "", 2)) is False
+    await cw.wait_closed()
+
+
 async def test_writer_backpressure_blocks_sender_only() -> None:
     class Stalled:
         def __init__(self) -> None:

@@ -65,6 +65,19 @@ class ChannelLimits:
                 raise ValueError(f"ChannelLimits.{name} must be a number > 0")
 
 
+def _write_buffer_size(writer: object) -> int | None:
+    """Bytes the stream under ``writer`` still holds (an asyncio or asyncssh writer); None if unknown."""
+    for name in ("channel", "transport"):  # asyncssh SSHWriter, asyncio StreamWriter
+        under = getattr(writer, name, None)
+        size = getattr(under, "get_write_buffer_size", None)
+        if size is not None:
+            try:
+                return int(size())
+            except Exception:
+                return None
+    return None
+
+
 class WriterLike(Protocol):
     def write(self, data: bytes) -> None: ...
 
@@ -112,6 +125,7 @@ class ChannelWriter:
         self._blocked: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._direct = True
 
     @property
     def closed(self) -> bool:
@@ -129,15 +143,37 @@ class ChannelWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="alknet-channel-writer")
 
     def post_frame(self, frame: bytes) -> bool:
-        """Queue an encoded frame without waiting; False once closed."""
+        """Queue an encoded frame without waiting; False once closed.
+
+        The first frame posted while the writer is idle (nothing queued, the last write drained) is written
+        at once: a lone call or answer does not wait for the next loop iteration. Frames posted after it
+        queue up and leave together in the next iteration, until :meth:`rearm` (new bytes read) or a
+        flush of the queue allows another direct write.
+        """
         if self._closing:
             return False
+        w = self._wake
+        if self._direct and w is not None and not w.done() and not self._buf:
+            try:
+                with batched_writes():
+                    self._writer.write(frame)
+            except Exception as exc:
+                self._failed(exc)
+                return False
+            self._direct = False  # what follows queues up, until rearm() or the next flush
+            if _write_buffer_size(self._writer) != 0:
+                w.set_result(None)  # not all of it left: the flushing task waits for drain()
+            return True
         self._buf.append(frame)
         self._size += len(frame)
-        w = self._wake
         if w is not None and not w.done():
             w.set_result(None)
         return True
+
+    def rearm(self) -> None:
+        """Allow the next frame posted while idle to be written at once again (called by the reader when
+        new bytes arrived, i.e. in a later loop iteration than the last direct write)."""
+        self._direct = True
 
     def post(self, env: EventEnvelope) -> bool:
         return self.post_frame(self.encode(env))
@@ -178,15 +214,24 @@ class ChannelWriter:
                 with batched_writes():  # already one batch: to the socket now, not next iteration
                     self._writer.write(data)
                 await self._writer.drain()
+                self._direct = True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._closing = True
-            self._buf.clear()
-            if self._on_error is not None:
-                self._on_error(exc)
+            self._failed(exc)
         finally:
             self._release()
+
+    def _failed(self, exc: BaseException) -> None:
+        self._closing = True
+        self._buf.clear()
+        self._size = 0
+        self._release()
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)  # the flushing task ends
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def close(self, *, discard: bool = False) -> None:
         """Stop queueing; the task flushes what is queued (unless ``discard``) and ends."""

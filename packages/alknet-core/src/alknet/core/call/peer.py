@@ -365,13 +365,15 @@ class CallPeer:
 
     async def _read_loop(self) -> None:
         reason, discard = "eof", False
-        reader, decoder = self._reader, self._reader.decoder
+        reader, decoder, writer = self._reader, self._reader.decoder, self._writer
         burst = 0
         try:
             while True:
                 env = await reader.read()
                 if env is None:
                     break
+                if not burst:
+                    writer.rearm()  # fresh bytes: a later iteration than any direct write so far
                 self._on_envelope(env)
                 if not decoder.buffered:
                     burst = 0
