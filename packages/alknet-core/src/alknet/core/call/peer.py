@@ -3,8 +3,9 @@
 Any ``(reader, writer)`` pair with ``reader.read(n)`` and ``writer.write``/``drain`` carries it: an SSH
 ``alknet-control`` channel, raw framing on tcp, a service socket, an in-memory pipe. Both ends run the same
 class: each keeps a ``PendingRequestMap`` for the calls it made and an ``InboundCalls`` table for the calls it
-serves. One reader task never waits on a consumer or the writer; each inbound call runs in its own task;
-one :class:`ChannelWriter` sends every frame queued during one event-loop iteration in one transport write.
+serves. One reader task never waits on a consumer or the writer; each inbound call runs in its own task
+(the callee side lives in :mod:`alknet.core.call.serving`); one :class:`ChannelWriter` sends a lone frame at
+once and every frame queued behind it during one event-loop iteration in one transport write.
 
 Inbound calls run with the channel's authenticated identity (``identity=``, or the stream's), never a
 payload ``identity``. ``trust`` says which reserved ``alknet.*`` metadata the far end may set:
@@ -21,11 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from alknet.core.auth.identity import Identity
@@ -37,17 +36,9 @@ from alknet.core.call.channel import (
     WriterLike,
 )
 from alknet.core.call.env import (
-    FORWARDED_FOR,
-    HOPS,
-    IDENTITY_KEY,
-    AbortCall,
     Dispatcher,
-    InboundRequest,
     OperationEnv,
-    Prepared,
     not_wire_input,
-    not_wire_output,
-    unknown_operation,
 )
 from alknet.core.call.envelope import (
     CallAborted,
@@ -63,15 +54,9 @@ from alknet.core.call.envelope import (
     RejectRequest,
     ResponseEnvelope,
     call_aborted,
-    call_completed,
-    call_error,
     call_requested,
-    call_responded,
     input_too_large,
-    output_too_large,
     parse_inbound,
-    strip_reserved,
-    wire_error,
 )
 from alknet.core.call.frame import (
     Codec,
@@ -89,9 +74,9 @@ from alknet.core.call.pending import (
     Subscription,
     deadline_after,
     new_request_id,
-    timeout_error,
 )
 from alknet.core.call.registry import OperationRegistry, OperationSpec
+from alknet.core.call.serving import CURRENT_PEER, ChannelTrust, InboundServing, current_peer
 from alknet.core.logfmt import log_event
 
 if TYPE_CHECKING:
@@ -113,26 +98,8 @@ log = logging.getLogger("alknet.call")
 
 ANONYMOUS: Final = Identity("anonymous")
 REGISTER_PATH: Final = "/head/services/register"
-_FAIR_BATCH: Final = 32
 #: Frames handled from one burst of bytes before the reader lets the loop run the handlers and the writer.
 _READ_SLICE: Final = 32
-_NEVER: Final = float("inf")
-#: A deadline this close (seconds, loop clock) counts as reached when the deadline timer runs.
-_DEADLINE_SLACK: Final = 0.0005
-
-#: The channel serving the current inbound call (set in each handler task).
-CURRENT_PEER: contextvars.ContextVar[CallPeer | None] = contextvars.ContextVar("alknet_peer", default=None)
-
-
-def current_peer() -> CallPeer | None:
-    """The ``CallPeer`` whose inbound call the running task serves, if any."""
-    return CURRENT_PEER.get()
-
-
-class ChannelTrust(StrEnum):
-    UNTRUSTED = "untrusted"
-    HEAD = "head"
-    SERVICE = "service"
 
 
 def _stream_attr(stream: object, name: str) -> Any:
@@ -161,7 +128,7 @@ CloseCallback = Callable[["CallPeer"], None]
 FrameObserver = Callable[[str, EventEnvelope], None]
 
 
-class CallPeer:
+class CallPeer(InboundServing):
     """One end of a call-protocol channel (§5.4, §11).
 
     ``node`` serves inbound calls through a ``Node`` (routing, pubsub); ``registry`` through a plain
@@ -233,10 +200,7 @@ class CallPeer:
         self._reader_task: asyncio.Task[None] | None = None
         self._finalizer: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
-        self._deadlines: dict[str, float] = {}
-        self._expired: set[str] = set()
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_at = _NEVER
+        self._init_serving()
         self._started = False
         self._closing = False
         self.close_reason: str | None = None
@@ -330,9 +294,7 @@ class CallPeer:
         self._closing = True
         self.close_reason = reason
         self._pending.close()
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
+        self._stop_serving()
         handlers = self._inbound.close()
         self._writer.close(discard=discard)
         callbacks, self._close_callbacks = self._close_callbacks, []
@@ -432,23 +394,7 @@ class CallPeer:
         if not known:
             log.debug("%s for an unknown id dropped", env.type)
 
-    def _observe(self, direction: str, env: EventEnvelope) -> None:
-        assert self._on_frame is not None
-        try:
-            self._on_frame(direction, env)
-        except Exception:
-            log.exception("frame observer failed")
-
     # ------------------------------------------------------------------------------------------ sending
-
-    def _post(self, env: EventEnvelope) -> bool:
-        if self._on_frame is not None and env.type.startswith("call."):
-            self._observe("out", env)
-        try:
-            return self._writer.post(env)
-        except (ValueModelError, FrameTooLarge):
-            log.error("unencodable %s frame dropped", env.type)
-            return False
 
     def _send_aborted(self, request_id: str) -> None:
         if not self._closing:
@@ -623,155 +569,3 @@ class CallPeer:
         if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
             raise CallError(ErrorCode.INTERNAL, "malformed registration answer", False)
         return list(ops)
-
-    # ------------------------------------------------------------------------------------------ serving
-
-    def _on_requested(self, ev: CallRequested) -> bool:
-        rid = ev.request_id
-        err = self._inbound.admit(rid)
-        if err is None and self._dispatcher is None:
-            err = unknown_operation()
-        if err is not None:
-            self._post(call_error(rid, err))
-        else:
-            self._inbound.add(rid, asyncio.get_running_loop().create_task(self._serve(ev)))
-        return True
-
-    def _inbound_request(self, ev: CallRequested) -> InboundRequest:
-        md: Mapping[str, Any] = ev.metadata or {}
-        metadata = strip_reserved(md)
-        identity, trusted, forwarded_for, hops = self.identity, False, None, 0
-        if self.trust is ChannelTrust.HEAD:
-            ff, h = md.get(FORWARDED_FOR), md.get(HOPS)
-            if isinstance(ff, str):
-                forwarded_for = metadata[FORWARDED_FOR] = ff
-            if isinstance(h, int) and not isinstance(h, bool) and h >= 0:
-                hops = metadata[HOPS] = h
-        elif self.trust is ChannelTrust.SERVICE:
-            trusted = True
-            raw = md.get(IDENTITY_KEY)
-            if raw is not None:
-                try:
-                    identity = Identity.from_json(raw)
-                except (ValueError, TypeError):
-                    raise CallError(ErrorCode.INVALID_INPUT, "invalid alknet.identity", False) from None
-                metadata[IDENTITY_KEY] = raw
-        return InboundRequest(
-            ev.request_id,
-            ev.operation_id,
-            ev.input,
-            ev.parent_request_id,
-            ev.deadline,
-            ev.idle_timeout,
-            metadata,
-            identity,
-            trusted,
-            forwarded_for,
-            hops,
-        )
-
-    # Deadlines of inbound calls: one timer per channel, armed at the earliest live deadline, instead of a
-    # timer per call (most calls end long before their deadline, and a per-call timer is a large share of
-    # the cost of a small call). When it fires, each expired call's task is cancelled and answers TIMEOUT.
-
-    def _arm_deadline(self, rid: str, at: float) -> None:
-        self._deadlines[rid] = at
-        if at < self._deadline_at:
-            if self._deadline_timer is not None:
-                self._deadline_timer.cancel()
-            self._deadline_at = at
-            self._deadline_timer = asyncio.get_running_loop().call_at(at, self._expire_deadlines)
-
-    def _expire_deadlines(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadline_timer, self._deadline_at = None, _NEVER
-        now = loop.time() + _DEADLINE_SLACK
-        nxt = _NEVER
-        for rid, at in list(self._deadlines.items()):
-            if at <= now:
-                del self._deadlines[rid]
-                task = self._inbound.task(rid)
-                if task is not None and not task.done():
-                    self._expired.add(rid)
-                    task.cancel()
-            elif at < nxt:
-                nxt = at
-        if nxt < _NEVER:
-            self._deadline_at = nxt
-            self._deadline_timer = loop.call_at(nxt, self._expire_deadlines)
-
-    async def _serve(self, ev: CallRequested) -> None:
-        CURRENT_PEER.set(self)
-        rid = ev.request_id
-        deadline: int | None = None
-        try:
-            assert self._dispatcher is not None
-            prepared = self._dispatcher.prepare(self._inbound_request(ev))
-            deadline = ev.deadline
-            if deadline is None and not prepared.streaming:
-                deadline = deadline_after(self.limits.default_call_timeout, self._clock)
-            if deadline is None:
-                await self._run(rid, prepared, None)
-            else:
-                remaining = deadline / 1000 - self._clock()
-                if remaining <= 0:
-                    raise timeout_error(deadline)
-                self._arm_deadline(rid, asyncio.get_running_loop().time() + remaining)
-                try:
-                    await self._run(rid, prepared, deadline)
-                finally:
-                    self._deadlines.pop(rid, None)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if rid in self._expired:
-                self._expired.discard(rid)
-                if task is not None and task.cancelling() == 1 and not self._closing:
-                    task.uncancel()
-                    if deadline is not None and not self._inbound.aborted(rid):
-                        self._post(call_error(rid, timeout_error(deadline)))
-                return
-            if task is None or task.cancelling():
-                return  # aborted by the caller, or the channel is closing: send nothing
-            self._post(call_error(rid, wire_error(RuntimeError("handler cancelled"), rid)))
-        except AbortCall:
-            self._post(call_aborted(rid))
-        except Exception as exc:
-            self._post(call_error(rid, wire_error(exc, rid)))
-        finally:
-            self._expired.discard(rid)
-            self._inbound.finish(rid, asyncio.current_task())
-
-    async def _run(self, rid: str, prepared: Prepared, deadline: int | None) -> None:
-        if prepared.call is not None:
-            await self._respond(rid, await prepared.call(deadline))
-            return
-        assert prepared.stream is not None
-        agen = prepared.stream(deadline)
-        n = 0
-        try:
-            async for item in agen:
-                await self._respond(rid, item)
-                n += 1
-                if not n % _FAIR_BATCH:
-                    await asyncio.sleep(0)  # a generator that never awaits must not starve the channel
-        finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        self._post(call_completed(rid))
-
-    async def _respond(self, rid: str, output: Any) -> None:
-        env = call_responded(rid, output)
-        w = self._writer
-        try:
-            frame = w.encode(env)
-        except FrameTooLarge as exc:
-            raise output_too_large(exc.size, exc.limit) from None
-        except ValueModelError:
-            log_event(log, logging.ERROR, "handler output is not a wire value", request_id=rid)
-            raise not_wire_output() from None
-        if self._on_frame is not None:
-            self._observe("out", env)
-        w.post_frame(frame)
-        if w.buffered > w.high_water:
-            await w.writable()
