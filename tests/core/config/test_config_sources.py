@@ -260,6 +260,8 @@ def test_token_settings(write: Write, tmp_path: Path) -> None:
         ('[client]\ntransport = "udp"\n', "client.transport"),
         ('[client]\nforwards = "1:a:1"\n', "client.forwards: must be a list"),
         ("[secret]\nkey_version = 0\n", "secret.key_version"),
+        ("[secret]\nkey_version = 1\n", "secret.key_version: out of range"),
+        ("[secret]\nkey_version = 2147483650\n", "secret.key_version: out of range"),
         ("[flowgraph]\nrecord_calls = true\n[storage]\nenabled = false\n", "flowgraph.record_calls"),
     ],
 )
