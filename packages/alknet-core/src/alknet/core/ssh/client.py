@@ -33,6 +33,7 @@ from alknet.core.auth.keys import PublicKey, load_private_key, private_key_to_op
 from alknet.core.errors import ConfigError, KeyFormatError
 from alknet.core.ssh.forwards import ChannelStreams, NotConnected
 from alknet.core.ssh.known_hosts import HostKeyError, HostKeyVerifier, host_key_verifier, known_hosts_host
+from alknet.core.ssh.packets import skip_automatic_ignores
 from alknet.core.ssh.reconnect import describe_error
 from alknet.core.state import KNOWN_HOSTS
 from alknet.core.tls.context import TlsVerify
@@ -238,6 +239,9 @@ class _ClientHandler(asyncssh.SSHClient):
         self.host_key: PublicKey | None = None
         self.lost_exc: Exception | None = None
         self.closed = asyncio.Event()
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        skip_automatic_ignores(conn)
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         try:

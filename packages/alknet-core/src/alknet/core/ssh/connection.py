@@ -16,6 +16,7 @@ from alknet.core.auth.identity import Identity
 from alknet.core.auth.ssh import AlknetSSHServer
 from alknet.core.ssh.channels import ChannelPeer
 from alknet.core.ssh.leases import LeaseListener, lease_host
+from alknet.core.ssh.packets import skip_automatic_ignores
 
 if TYPE_CHECKING:
     from alknet.core.ssh.server import SshServer
@@ -48,6 +49,7 @@ class TunnelConnection(AlknetSSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         super().connection_made(conn)
+        skip_automatic_ignores(conn)
         self.server.connections.add(self)
 
     def authenticated(self) -> None:
