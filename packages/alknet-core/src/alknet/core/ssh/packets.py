@@ -9,47 +9,67 @@ OpenSSH does not send them per packet. Each one costs a full packet on both side
 framing, then decryption and dispatch in Python): about 17 % of a small call's round trip over the control
 channel (docs/performance.md).
 
-:func:`skip_automatic_ignores` replaces ``send_packet`` on one connection object with a wrapper that drops
-exactly those automatic packets: an empty ``SSH_MSG_IGNORE`` sent from inside ``send_packet`` for a
-non-key-exchange message. Every other packet, including an ignore packet sent on purpose, goes through
-unchanged. This relies on asyncssh's private ``send_packet``; ``alknet-core`` pins ``asyncssh<2.25`` and
-``tests/integration/test_ssh_packets.py`` is the canary that fails when an upgrade changes it.
+:func:`skip_automatic_ignores` moves one connection object to a subclass of its asyncssh class whose
+``send_packet`` drops exactly those automatic packets: an empty ``SSH_MSG_IGNORE`` sent from inside
+``send_packet`` for a non-key-exchange message. Every other packet, including an ignore packet sent on purpose,
+goes through unchanged. Changing the class adds nothing to the connection's memory (an attribute or a bound
+wrapper per connection would). This relies on asyncssh's private ``send_packet``; ``alknet-core`` pins
+``asyncssh<2.25`` and ``tests/integration/test_ssh_packets.py`` is the canary that fails when an upgrade changes
+it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from typing import Any, Final
 
 import asyncssh
+from asyncssh.connection import SSHConnection
 
 __all__ = ["skip_automatic_ignores"]
 
 MSG_IGNORE: Final = 2
 MSG_KEX_LAST: Final = 49
 _EMPTY_STRING: Final = b"\x00\x00\x00\x00"  # asyncssh's String(b"")
-_MARK: Final = "_alknet_no_auto_ignore"
+
+
+class _Sending(threading.local):
+    """The connection whose ``send_packet`` is running on this thread (sends are synchronous)."""
+
+    conn: object = None
+
+
+_SENDING = _Sending()
+
+
+class _NoAutomaticIgnore:
+    """Mixed in front of asyncssh's connection class; see the module docstring."""
+
+    def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        state = _SENDING
+        outer = state.conn
+        if outer is self:
+            if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,):
+                return  # the automatic one, for the packet this connection is sending right now
+        elif pkttype > MSG_KEX_LAST:
+            state.conn = self
+            try:
+                SSHConnection.send_packet(self, pkttype, *args, handler=handler)  # type: ignore[arg-type]
+            finally:
+                state.conn = outer
+            return
+        SSHConnection.send_packet(self, pkttype, *args, handler=handler)  # type: ignore[arg-type]
+
+
+_SUBCLASSES: dict[type, type] = {}
 
 
 def skip_automatic_ignores(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
     """Stop ``conn`` from sending an empty ignore packet before each packet (idempotent)."""
-    if getattr(conn, _MARK, False):
+    cls = type(conn)
+    if issubclass(cls, _NoAutomaticIgnore):
         return
-    original: Callable[..., None] = conn.send_packet
-    inside = False
-
-    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        nonlocal inside
-        if pkttype == MSG_IGNORE and inside and args == (_EMPTY_STRING,):
-            return  # the automatic one, sent by the send_packet below for the packet it is sending
-        if pkttype <= MSG_KEX_LAST or inside:
-            original(pkttype, *args, handler=handler)
-            return
-        inside = True
-        try:
-            original(pkttype, *args, handler=handler)
-        finally:
-            inside = False
-
-    conn.send_packet = send_packet  # type: ignore[method-assign]
-    setattr(conn, _MARK, True)
+    sub = _SUBCLASSES.get(cls)
+    if sub is None:
+        sub = _SUBCLASSES[cls] = type(cls.__name__, (_NoAutomaticIgnore, cls), {"__module__": __name__})
+    conn.__class__ = sub
