@@ -92,7 +92,8 @@ def build_static(
         enabled=first(sec.boolean("enabled"), False),
         unlock_at_start=first(sec.boolean("unlock_at_start"), False),
         allow_remote_unlock=first(sec.boolean("allow_remote_unlock"), False),
-        key_version=first(sec.integer("key_version", 2, 2**31 + 1), 2),  # secret.md: v1 blobs are not supported
+        # secret.md: v1 (legacy) blobs are not supported; version N uses the hardened index N-2
+        key_version=first(sec.integer("key_version", 2, 2**31 + 1), 2),
     )
     client = _build_client(table("client"), base, ov, env)
     wk = table("worker")
