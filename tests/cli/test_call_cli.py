@@ -13,109 +13,42 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from head_kit import ALKNET, ROOT, Proc, Started, T, start_head
 
 from alknet.cli.commands.worker import load_module_spec
 from alknet.cli.main import main
-from alknet.core.auth.keys import (
-    generate_private_key,
-    parse_public_key,
-    private_key_to_openssh,
-    public_key_of,
-)
+from alknet.core.auth.keys import generate_private_key, private_key_to_openssh
 from alknet.core.call import OperationRegistry
-
-ALKNET = [sys.executable, "-m", "alknet.cli"]
-ROOT = Path(__file__).resolve().parents[2]
-T = 30.0
-
-
-class Proc:
-    """A background ``alknet`` process whose stderr lines are collected by a thread."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [*ALKNET, *argv],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line.rstrip("\n"))
-
-    def wait_for(self, check: Callable[[], bool], what: str, timeout: float = T) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not seen; stderr:\n" + "\n".join(self.err))
-            if self.proc.poll() is not None and not check():
-                time.sleep(0.2)
-                if not check():
-                    raise AssertionError(
-                        f"process ended ({self.proc.returncode}); stderr:\n" + "\n".join(self.err)
-                    )
-            time.sleep(0.02)
-
-    def err_lines(self, fragment: str) -> list[str]:
-        return [line for line in list(self.err) if fragment in line]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout=T)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(timeout=T)
-        for t in self._threads:
-            t.join(timeout=5)
-        return rc
 
 
 @dataclass
 class Head:
-    tmp: Path
-    port: int
-    fingerprint: str
-    keys: dict[str, Path]
-    fingerprints: dict[str, str]
-    server: Proc
-    env: dict[str, str] = field(default_factory=dict)
+    """The running head and the client side: identities worker, caller and admin."""
 
-    def conn(self, who: str) -> list[str]:
-        return [
-            "--server",
-            f"127.0.0.1:{self.port}",
-            "--host-key",
-            self.fingerprint,
-            "--identity",
-            str(self.keys[who]),
-        ]
+    started: Started
+
+    @property
+    def port(self) -> int:
+        return self.started.port
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return self.started.fingerprints
+
+    @property
+    def server(self) -> Proc:
+        return self.started.server
 
     def run(self, who: str, *argv: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*ALKNET, argv[0], *self.conn(who), *argv[1:]],
-            env=self.env,
+            [*ALKNET, argv[0], *self.started.conn(who), *argv[1:]],
+            env=self.started.client_env,
             cwd=ROOT,
             input=input,
             capture_output=True,
@@ -124,50 +57,17 @@ class Head:
         )
 
     def start(self, who: str, *argv: str) -> Proc:
-        return Proc([argv[0], *self.conn(who), *argv[1:]], self.env)
-
-
-def _clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALKNET_")}
-    env["ALKNET_HOME"] = str(home)
-    return env
+        return Proc([argv[0], *self.started.conn(who), *argv[1:]], self.started.client_env)
 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
-    tmp = tmp_path_factory.mktemp("call-cli")
-    state, client = tmp / "server", tmp / "client"
-    for d in (state, client):
-        d.mkdir(mode=0o700)
-    keys: dict[str, Path] = {}
-    fps: dict[str, str] = {}
-    lines = []
-    for who, scopes in (
-        ("worker", "node:dev1"),
-        ("caller", "/dev1/*"),
-        ("admin", "admin:status"),
-    ):
-        key = generate_private_key()
-        path = client / who
-        path.write_bytes(private_key_to_openssh(key))
-        path.chmod(0o600)
-        keys[who] = path
-        fps[who] = public_key_of(key).fingerprint
-        lines.append(f'alknet-scopes="{scopes}" {public_key_of(key).line}')
-    (state / "authorized_keys").write_text("\n".join(lines) + "\n")
-    (state / "authorized_keys").chmod(0o600)
-    server = Proc(["serve", "--listen", "tcp://127.0.0.1:0"], _clean_env(state))
+    scopes = {"worker": "node:dev1", "caller": "/dev1/*", "admin": "admin:status"}
+    started = start_head(tmp_path_factory.mktemp("call-cli"), scopes)
     try:
-        server.wait_for(lambda: any(line.startswith("Connect:") for line in server.out), "the banner")
-        port = int(
-            next(re.search(r"listening   tcp 127\.0\.0\.1:(\d+)", x) for x in server.out if "listening" in x)[
-                1
-            ]
-        )  # type: ignore[index]
-        fingerprint = parse_public_key((state / "host_key.pub").read_text().strip()).fingerprint
-        yield Head(tmp, port, fingerprint, keys, fps, server, _clean_env(client))
+        yield Head(started)
     finally:
-        assert server.stop() == 0
+        assert started.server.stop() == 0
 
 
 @pytest.fixture

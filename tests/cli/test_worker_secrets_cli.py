@@ -12,32 +12,24 @@ import io
 import itertools
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import pytest
+from head_kit import ALKNET, Proc, Started, T, start_head
 
 from alknet.cli.main import main
 from alknet.core.auth.keys import (
     generate_private_key,
-    parse_public_key,
     private_key_to_openssh,
-    public_key_of,
 )
 from alknet.secret import mnemonic_to_seed
 
 pytestmark = pytest.mark.timeout(240)  # a dozen process starts on a loaded machine
 
-ALKNET = [sys.executable, "-m", "alknet.cli"]
-T = 30.0
 NODE = "vault"
 
 # secret.md §2-§4 known answers for the "abandon ... about" words with an empty passphrase.
@@ -62,93 +54,17 @@ def _secret_needles() -> list[str]:
     return needles
 
 
-class Proc:
-    """A background ``alknet`` process; stdout and stderr lines are collected by threads. ``stdin_text`` is
-    written to its stdin, which is then closed."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], stdin_text: str | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*ALKNET, *argv],
-            env=env,
-            stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        if stdin_text is not None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(stdin_text)
-            self.proc.stdin.close()
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    @staticmethod
-    def _pump(stream: IO[str] | None, sink: list[str]) -> None:
-        assert stream is not None
-        for line in stream:
-            sink.append(line.rstrip("\n"))
-
-    def wait_for(self, check: Callable[[], bool], what: str, timeout: float = T) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not seen; stderr:\n" + "\n".join(self.err))
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                if not check():
-                    raise AssertionError(f"exited {self.proc.returncode}; stderr:\n" + "\n".join(self.err))
-            time.sleep(0.02)
-
-    def err_lines(self, fragment: str) -> list[str]:
-        return [line for line in list(self.err) if fragment in line]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.out + self.err)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=T)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(timeout=T)
-        for t in self._threads:
-            t.join(timeout=5)
-        return rc
-
-
-def _clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALKNET_") and "proxy" not in k.lower()}
-    env["ALKNET_HOME"] = str(home)
-    return env
-
-
 @dataclass
 class Head:
-    port: int
-    fingerprint: str
-    keys: dict[str, Path]
-    server: Proc
-    env: dict[str, str]
+    started: Started
     printed: list[str] = field(default_factory=list)  # stdout and stderr of every finished process
 
     def conn(self, who: str) -> list[str]:
-        return [
-            "--server",
-            f"127.0.0.1:{self.port}",
-            "--host-key",
-            self.fingerprint,
-            "--identity",
-            str(self.keys[who]),
-        ]
+        return self.started.conn(who)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.started.client_env
 
     def call(self, who: str, *argv: str) -> subprocess.CompletedProcess[str]:
         cp = subprocess.run(
@@ -179,33 +95,17 @@ class Head:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
-    tmp = tmp_path_factory.mktemp("worker-secrets")
-    state, client = tmp / "server", tmp / "client"
-    for d in (state, client):
-        d.mkdir(mode=0o700)
-    keys: dict[str, Path] = {}
-    lines = []
-    for who, scopes in (
-        ("worker", f"node:{NODE}"),
-        ("reader", f"/{NODE}/secrets/*,secrets:public"),
-        ("admin", f"/{NODE}/*,secrets:admin"),
-        ("nobody", f"/{NODE}/*"),  # the path grant without any secrets:* scope
-        ("nogrant", "secrets:public"),  # the scope without the path grant
-    ):
-        key = generate_private_key()
-        path = client / who
-        path.write_bytes(private_key_to_openssh(key))
-        path.chmod(0o600)
-        keys[who] = path
-        lines.append(f'alknet-scopes="{scopes}" {public_key_of(key).line}')
-    (state / "authorized_keys").write_text("\n".join(lines) + "\n")
-    (state / "authorized_keys").chmod(0o600)
-    server = Proc(["serve", "--listen", "tcp://127.0.0.1:0"], _clean_env(state))
+    scopes = {
+        "worker": f"node:{NODE}",
+        "reader": f"/{NODE}/secrets/*,secrets:public",
+        "admin": f"/{NODE}/*,secrets:admin",
+        "nobody": f"/{NODE}/*",  # the path grant without any secrets:* scope
+        "nogrant": "secrets:public",  # the scope without the path grant
+    }
+    started = start_head(tmp_path_factory.mktemp("worker-secrets"), scopes)
+    server = started.server
     try:
-        server.wait_for(lambda: any(line.startswith("Connect:") for line in server.out), "the banner")
-        found = [m for x in server.out if (m := re.search(r"listening   tcp 127\.0\.0\.1:(\d+)", x))]
-        fingerprint = parse_public_key((state / "host_key.pub").read_text().strip()).fingerprint
-        h = Head(int(found[0][1]), fingerprint, keys, server, _clean_env(client))
+        h = Head(started)
         yield h
     finally:
         assert server.stop() == 0
