@@ -30,6 +30,7 @@ from alknet.core.config.dynamic import RateLimits
 from alknet.core.config.reloader import ConfigReloader, build_dynamic
 from alknet.core.config.static import ListenerSpec
 from alknet.core.ssh.channels import ControlRegistry
+from alknet.core.ssh.client import ClientOptions, SshClient
 from alknet.core.ssh.outbound import Dialer, Resolver, direct_dial
 from alknet.core.ssh.server import ServerListener, SshServer, SshServerOptions
 from alknet.core.tls.context import ServerContexts, TlsVerify
@@ -342,6 +343,17 @@ class Harness:
     def srv(self) -> SshServer:
         assert self.server is not None
         return self.server
+
+    def alknet_client(self, key: KeyPair, kind: str = "tcp") -> SshClient:
+        """alknet's own ``SshClient`` for ``key``, pinned to this server's host key (not connected yet)."""
+        return SshClient(
+            ClientOptions(
+                server=f"127.0.0.1:{self.port(kind)}",
+                identity=private_key_to_openssh(key.key),
+                host_key=self.srv.host_key_fingerprint,
+                connect_timeout=T,
+            )
+        )
 
 
 async def echo_through(

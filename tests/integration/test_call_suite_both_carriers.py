@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ssh_server_kit import Harness, KeyPair, new_keypair
 
 from alknet.core.auth.identity import Identity
-from alknet.core.auth.keys import private_key_to_openssh
 from alknet.core.auth.token import mint_token
 from alknet.core.call import (
     CallError,
@@ -40,7 +39,7 @@ from alknet.core.call import (
 from alknet.core.node import Node
 from alknet.core.raw import RawListener, open_raw_channel
 from alknet.core.ssh.channels import CONTROL_CODECS
-from alknet.core.ssh.client import ClientConnection, ClientOptions, SshClient
+from alknet.core.ssh.client import ClientConnection
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,14 +125,7 @@ class Carrier:
 
 
 async def _ssh_peer(h: Harness, key: KeyPair, codec: str) -> tuple[CallPeer, ClientConnection]:
-    client = SshClient(
-        ClientOptions(
-            server=f"127.0.0.1:{h.port('tcp')}",
-            identity=private_key_to_openssh(key.key),
-            host_key=h.srv.host_key_fingerprint,
-            connect_timeout=T,
-        )
-    )
+    client = h.alknet_client(key)
     conn = await asyncio.wait_for(client.connect(), T)
     reader, writer = await asyncio.wait_for(conn.ssh.open_connection("alknet-control", PORT_OF[codec]), T)
     return CallPeer(ChannelStream(reader, writer, codec)), conn

@@ -21,9 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ssh_server_kit import Harness, KeyPair, new_keypair
 
-from alknet.core.auth.keys import private_key_to_openssh
 from alknet.core.ssh.channels import ControlChannel, ControlRegistry
-from alknet.core.ssh.client import ClientOptions, SshClient
 from alknet.core.ssh.packets import MSG_IGNORE, skip_automatic_ignores
 from alknet.core.ssh.server import CIPHERS
 
@@ -87,14 +85,7 @@ async def test_alknet_client_and_server_send_none(
     harness: tuple[Harness, KeyPair], ignores: Counter[str]
 ) -> None:
     h, key = harness
-    client = SshClient(
-        ClientOptions(
-            server=f"127.0.0.1:{h.port('tcp')}",
-            identity=private_key_to_openssh(key.key),
-            host_key=h.srv.host_key_fingerprint,
-            connect_timeout=T,
-        )
-    )
+    client = h.alknet_client(key)
     conn = await asyncio.wait_for(client.connect(), T)
     try:
         assert conn.ssh.get_extra_info("send_cipher") in CIPHERS  # AEAD only: nothing to protect
