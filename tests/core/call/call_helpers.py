@@ -7,6 +7,8 @@ import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from hypothesis import HealthCheck, settings
+
 from alknet.core.auth.identity import Identity
 from alknet.core.call import (
     JSON_CODEC,
@@ -16,6 +18,15 @@ from alknet.core.call import (
     OperationContext,
     ResponseEnvelope,
 )
+
+_COMMON: dict[str, Any] = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+}
+#: Hypothesis settings of the call tests: the default run, and the ``-m slow`` run.
+FAST = settings(max_examples=500, **_COMMON)
+SLOW = settings(max_examples=20_000, **_COMMON)
 
 R1 = "00000000-0000-4000-8000-000000000001"
 R2 = "00000000-0000-4000-8000-000000000002"

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from call_helpers import FAST, SLOW
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alknet.core.call import (
@@ -32,14 +33,6 @@ from alknet.core.call import (
     encode_frame,
     parse_inbound,
 )
-
-_COMMON: dict[str, Any] = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-}
-FAST = settings(max_examples=500, **_COMMON)
-SLOW = settings(max_examples=20_000, **_COMMON)
 
 CODECS = st.sampled_from([JSON_CODEC, MSGPACK_CODEC])
 LIMITS = st.sampled_from([1024, 4096, 16 * 2**20])

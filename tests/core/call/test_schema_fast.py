@@ -13,20 +13,13 @@ from collections import OrderedDict
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from call_helpers import FAST, SLOW
+from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from alknet.core.call.schema import SchemaValidator
 from alknet.core.call.schema_fast import FastCheck, compile_fast
-
-_COMMON: dict[str, Any] = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-}
-FAST = settings(max_examples=500, **_COMMON)
-SLOW = settings(max_examples=20_000, **_COMMON)
 
 BENCH = {
     "type": "object",
