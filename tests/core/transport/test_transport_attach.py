@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
+import socket
 from pathlib import Path
 
 from alknet.core.transport import base as base_mod
@@ -19,6 +21,7 @@ from alknet.core.transport.base import (
     transport_info,
 )
 from alknet.core.transport.bridge import StreamTransport, memory_pair, memory_stream_pair
+from alknet.core.transport.coalesce import CoalescingTransport
 
 
 class Recorder(asyncio.Protocol):
@@ -163,6 +166,26 @@ async def test_transport_info_travels_with_get_extra_info() -> None:
     assert normalise_addr(("::ffff:192.0.2.1", 22, 0, 0)) == ("192.0.2.1", 22)
     assert normalise_addr(("2001:db8::1", 22, 0, 0)) == ("2001:db8::1", 22)
     assert normalise_addr(None) is None
+
+
+async def test_transport_info_on_an_asyncio_socket_transport_needs_no_wrapper() -> None:
+    """Plain asyncio socket transports keep the info in their extra-info dict: nothing per connection."""
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    try:
+        transport, _ = await loop.connect_accepted_socket(HeldProtocol, left)
+        info = TransportInfo(TransportKind.TCP, ("10.0.0.1", 5), ("127.0.0.1", 22), listener="tcp://x:22")
+        set_transport_info(transport, info)
+        assert "get_extra_info" not in vars(transport)
+        assert transport.get_extra_info(TRANSPORT_INFO_KEY) is info
+        assert transport_info(CoalescingTransport(transport)) is info
+        assert transport.get_extra_info("socket") is not None
+        newer = dataclasses.replace(info, alpn="h2")
+        set_transport_info(transport, newer)
+        assert transport_info(transport) is newer
+        transport.close()
+    finally:
+        right.close()
 
 
 async def test_stream_transport_write_flow_control_bounds() -> None:

@@ -200,6 +200,30 @@ async def test_install_auth_wrapper_replaces_the_bound_method_on_one_instance() 
     assert [r.getMessage() for r in handler.records] == ["auth attempt"]
 
 
+async def test_install_auth_wrapper_keeps_no_closure_per_connection() -> None:
+    """The wrapper is a cached subclass, not a bound closure in each connection's ``__dict__``."""
+
+    class FakeConn:
+        async def validate_public_key(
+            self, username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
+            return True
+
+    first, _ = _session("")
+    second, handler = _session("")
+    a, b, plain = FakeConn(), FakeConn(), FakeConn()
+    install_auth_wrapper(a, first)  # type: ignore[arg-type]
+    install_auth_wrapper(b, second)  # type: ignore[arg-type]
+    assert type(a) is type(b) and type(a) is not FakeConn and isinstance(a, FakeConn)
+    assert type(plain) is FakeConn
+    assert "validate_public_key" not in vars(a) and "validate_public_key" not in vars(b)
+    assert second.remote_ip is not None and str(second.remote_ip) == "127.0.0.1"
+    # each connection goes through its own session: only the second one logs
+    assert not await b.validate_public_key("u", b"\x00", b"", b"")
+    assert [r.getMessage() for r in handler.records] == ["auth attempt"]
+    assert await plain.validate_public_key("u", b"", b"", b"")
+
+
 async def test_backend_failure_is_a_rejected_attempt() -> None:
     class Down(IdentityProvider):
         async def resolve_from_fingerprint(

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from alknet.core.auth.identity import Identity, KeyOptions
 from alknet.core.auth.keys import generate_private_key, private_key_to_openssh, public_key_of
 from alknet.core.config.reloader import ConfigReloader, build_dynamic
 from alknet.core.config.static import ListenerSpec, StaticConfig
 from alknet.core.errors import ConfigError
+from alknet.core.ssh.channels import ChannelPeer
 from alknet.core.ssh.server import ServerListener, SshServer, SshServerOptions
 from alknet.core.transport.base import BindError
 
@@ -106,3 +108,10 @@ async def test_asyncssh_logger_is_capped() -> None:
         ssh_logger = logging.getLogger("asyncssh")
         assert ssh_logger.level == logging.WARNING
         assert not ssh_logger.isEnabledFor(logging.INFO)
+
+
+def test_channel_peer_makes_its_bridge_set_with_the_first_bridge() -> None:
+    """Idle connections carry no empty bridge set."""
+    peer = ChannelPeer(Identity("SHA256:x", ("relay:connect",)), KeyOptions(), True, "tcp", None, "127.0.0.1")
+    assert peer._bridges is None
+    assert peer.bridges is peer.bridges and peer.bridges == set()

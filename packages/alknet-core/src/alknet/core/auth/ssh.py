@@ -124,6 +124,18 @@ class AuthSession:
     """Auth state of one connection: the pinned provider, the attempt counter, the offer being checked and
     the accepted one. Created at ``connection_made``; :meth:`begin` pins the provider at ``begin_auth``."""
 
+    __slots__ = (
+        "accepted",
+        "attempts_logged",
+        "context",
+        "counter",
+        "current",
+        "info",
+        "provider",
+        "rejected_all",
+        "wrapped",
+    )
+
     def __init__(
         self,
         context: AuthContext,
@@ -131,7 +143,6 @@ class AuthSession:
     ) -> None:
         self.context = context
         self.info = info
-        self.remote_ip = _peer_ip(info)
         self.provider: IdentityProvider | None = None
         self.counter = AuthAttemptCounter(0)
         self.current: Offer | None = None
@@ -139,6 +150,12 @@ class AuthSession:
         self.wrapped = False
         self.rejected_all = False
         self.attempts_logged = 0
+
+    @property
+    def remote_ip(self) -> IPv4Address | IPv6Address | None:
+        """The peer IP (``None`` for iroh or an unknown address); derived when needed, not kept per
+        connection."""
+        return _peer_ip(self.info)
 
     # ------------------------------------------------------------------------------------------ phase
 
@@ -287,18 +304,37 @@ class AuthSession:
         return True
 
 
+class _AuthWrapped:
+    """Put in front of a connection's class by :func:`install_auth_wrapper`: ``validate_public_key`` goes
+    through the connection's :class:`AuthSession`. Changing the class costs the connection nothing (a closure
+    per connection would); the session is the one attribute the connection gets."""
+
+    _alknet_auth_session: AuthSession
+
+    async def validate_public_key(self, username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+        original: ValidatePublicKey = super().validate_public_key  # type: ignore[misc]
+        return await self._alknet_auth_session.check(original, username, key_data, msg, signature)
+
+
+_WRAPPED: dict[type, type] = {}
+
+
 def install_auth_wrapper(conn: asyncssh.SSHServerConnection, session: AuthSession) -> None:
     """Replace ``conn.validate_public_key`` (asyncssh 2.24: ``async (username, key_data, msg, signature) ->
     bool``) on this one connection with :meth:`AuthSession.check` around the original bound method.
 
-    Must run from the owner's ``connection_made``, before any auth message can arrive.
+    The connection is moved to a subclass of its class (cached per class) whose ``validate_public_key`` does
+    that, so other connections are unaffected. Must run from the owner's ``connection_made``, before any auth
+    message can arrive.
     """
-    original: ValidatePublicKey = conn.validate_public_key
-
-    async def validate_public_key(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
-        return await session.check(original, username, key_data, msg, signature)
-
-    conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
+    cls = type(conn)
+    if not issubclass(cls, _AuthWrapped):
+        sub = _WRAPPED.get(cls)
+        if sub is None:
+            sub = _WRAPPED[cls] = type(cls.__name__, (_AuthWrapped, cls), {"__module__": __name__})
+        conn.__class__ = sub
+    target: Any = conn
+    target._alknet_auth_session = session
     session.wrapped = True
 
 
@@ -308,6 +344,9 @@ def _fallback_info(conn: asyncssh.SSHServerConnection) -> TransportInfo:
         remote_addr=normalise_addr(conn.get_extra_info("peername")),
         local_addr=normalise_addr(conn.get_extra_info("sockname")),
     )
+
+
+_NO_KEY_OPTIONS = KeyOptions()
 
 
 class AlknetSSHServer(asyncssh.SSHServer):
@@ -325,7 +364,7 @@ class AlknetSSHServer(asyncssh.SSHServer):
         self.info: TransportInfo | None = None
         self.session: AuthSession | None = None
         self.identity: Identity | None = None
-        self.key_options = KeyOptions()
+        self.key_options = _NO_KEY_OPTIONS
         self.port_forwarding = True
         self.credential: tuple[CredentialKind, str] | None = None
         self.username = ""
@@ -337,14 +376,18 @@ class AlknetSSHServer(asyncssh.SSHServer):
 
     @property
     def transport_kind(self) -> str:
-        return str(self.info.kind) if self.info is not None else str(TransportKind.TCP)
+        # the member's own string: ``str()`` of a StrEnum member makes a new one each time
+        return self.info.kind.value if self.info is not None else TransportKind.TCP.value
 
     @property
     def remote_addr(self) -> str:
         """The peer IP as logged (``-`` for iroh)."""
         if self.info is None or self.info.kind is TransportKind.IROH:
             return "-"
-        return logfmt.normalize_remote_addr(self.info.remote_addr)
+        remote = self.info.remote_addr
+        text = logfmt.normalize_remote_addr(remote)
+        # usually the address is already normal: share its string rather than keep an equal copy
+        return remote[0] if remote is not None and remote[0] == text else text
 
     @property
     def peer_id(self) -> str | None:

@@ -38,7 +38,7 @@ import inspect
 import logging
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -477,7 +477,7 @@ class SshServer:
         if not self.limiter.try_acquire(key):
             self._reject(info)
             return None
-        return _once(lambda: self.limiter.release(key))
+        return _LimitRelease(self.limiter, key)
 
     async def _limit_gate(self, transport: asyncio.Transport, info: TransportInfo) -> bool:
         """The same limit as a gate, for acceptors without an admit hook."""
@@ -493,13 +493,17 @@ class SshServer:
         return True
 
 
-def _once(fn: Callable[[], None]) -> Release:
-    done = False
+class _LimitRelease:
+    """The :data:`Release` of one admitted connection: gives its per-IP slot back, once. One small object per
+    connection (a pair of closures would cost several times as much)."""
 
-    def release() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            fn()
+    __slots__ = ("_key", "_limiter")
 
-    return release
+    def __init__(self, limiter: ConnectionLimiter, key: str | None) -> None:
+        self._limiter: ConnectionLimiter | None = limiter
+        self._key = key
+
+    def __call__(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter.release(self._key)

@@ -119,7 +119,22 @@ class AcceptorClosed(ConnectionError):
 
 
 def set_transport_info(transport: asyncio.BaseTransport, info: TransportInfo) -> None:
-    """Make ``transport.get_extra_info("alknet.transport_info")`` return ``info``."""
+    """Make ``transport.get_extra_info("alknet.transport_info")`` return ``info``.
+
+    asyncio's own transports (plain TCP sockets: what most accepted connections are) answer
+    ``get_extra_info`` from their per-transport ``_extra`` dict, which asyncio itself fills after construction;
+    ``info`` goes there, at no per-connection cost. Any other transport gets a wrapper around its
+    ``get_extra_info`` (a closure and a bound method per transport).
+    """
+    cls = type(transport)
+    extra = getattr(transport, "_extra", None)
+    if (
+        isinstance(extra, dict)
+        and cls.get_extra_info is asyncio.BaseTransport.get_extra_info
+        and cls.__module__.startswith("asyncio.")
+    ):
+        extra[TRANSPORT_INFO_KEY] = info
+        return
     original = transport.get_extra_info
 
     def get_extra_info(name: str, default: Any = None) -> Any:
@@ -252,6 +267,8 @@ def _run_release(release: Release) -> None:
 
 class _LostNotifier(asyncio.Protocol):
     """Forwards every event to ``inner`` and runs the release callbacks after ``connection_lost``."""
+
+    __slots__ = ("_callbacks", "_inner")
 
     def __init__(self, inner: asyncio.Protocol, callbacks: list[Release]) -> None:
         self._inner = inner

@@ -56,6 +56,7 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Default tcp listen ``127.0.0.1:2222`` and client port.
 DEFAULT_TCP_PORT = 2222
+_LOCAL_ADDR_CACHE = 64  # local addresses remembered per acceptor (a wildcard listener sees one per interface)
 
 Dialled = socket.socket | tuple[asyncio.StreamReader, asyncio.StreamWriter]
 #: ``dial(host, port, timeout)``: a connected TCP stream to ``host:port`` (e.g. through a proxy).
@@ -227,11 +228,31 @@ class SocketAcceptor(TransportAcceptor):
         self._tasks: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[tuple[asyncio.Transport, TransportInfo] | None] = asyncio.Queue(queue_size)
         self._closed = False
+        # one string / tuple shared by the TransportInfo of every connection rather than a copy each
+        self._label: tuple[tuple[str, int], str] | None = None
+        self._local_addrs: dict[Any, tuple[str, int] | None] = {}
 
     @property
     def label(self) -> str:
         """The configured listener, e.g. ``tls://0.0.0.0:443``."""
-        return f"{self.kind}://{format_hostport(self.host or '*', self.port)}"
+        key = (self.host, self.port)
+        cached = self._label
+        if cached is None or cached[0] != key:
+            cached = self._label = (key, f"{self.kind}://{format_hostport(self.host or '*', self.port)}")
+        return cached[1]
+
+    def _local_addr(self, sockname: Any) -> tuple[str, int] | None:
+        """``normalise_addr(sockname)``, the same tuple for every connection to one local address."""
+        try:
+            return self._local_addrs[sockname]
+        except (KeyError, TypeError):
+            pass
+        addr = normalise_addr(sockname)
+        if len(self._local_addrs) >= _LOCAL_ADDR_CACHE:
+            self._local_addrs.clear()
+        with contextlib.suppress(TypeError):
+            self._local_addrs[sockname] = addr
+        return addr
 
     async def start(self) -> None:
         if self._closed:
@@ -275,7 +296,7 @@ class SocketAcceptor(TransportAcceptor):
             info = TransportInfo(
                 kind=self.kind,
                 remote_addr=normalise_addr(sock.getpeername()),
-                local_addr=normalise_addr(sock.getsockname()),
+                local_addr=self._local_addr(sock.getsockname()),
                 listener=self.label,
             )
         except OSError:
