@@ -13,7 +13,7 @@ from typing import Any
 
 from alknet.core.auth.identity import Identity
 from alknet.core.call.frame import DEFAULT_MAX_FRAME
-from alknet.core.raw.interface import open_raw_channel
+from alknet.core.raw.client import open_raw_channel
 from alknet.core.ssh.channels import CONTROL_CODECS
 from alknet.core.ssh.client import ClientConnection, SshClient
 

@@ -1,6 +1,7 @@
 """Raw framing: the call protocol over a bare stream with an ``auth.token`` handshake (``transport-and-ssh.md``
-§15). See :mod:`alknet.core.raw.interface`."""
+§15). The server side is :mod:`alknet.core.raw.interface`, the client side :mod:`alknet.core.raw.client`."""
 
+from alknet.core.raw.client import open_raw_channel, read_auth_reply, send_auth_token
 from alknet.core.raw.interface import (
     AUTH_ERROR,
     AUTH_FRAME_LIMIT,
@@ -15,9 +16,6 @@ from alknet.core.raw.interface import (
     RawListener,
     accept_handshake,
     auth_token_frame,
-    open_raw_channel,
-    read_auth_reply,
-    send_auth_token,
 )
 
 __all__ = [
