@@ -214,8 +214,7 @@ class InboundServing:
                     self._deadlines.pop(rid, None)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if rid in self._expired:
-                self._expired.discard(rid)
+            if rid in self._expired:  # our deadline timer cancelled it (the finally below forgets it)
                 if task is not None and task.cancelling() == 1 and not self._closing:
                     task.uncancel()
                     if deadline is not None and not self._inbound.aborted(rid):

@@ -67,10 +67,6 @@ class CoalescingTransport(asyncio.Transport):
         self._size = 0
         self._scheduled = False
 
-    @property
-    def inner(self) -> asyncio.Transport:
-        return self._inner
-
     # -------------------------------------------------------------------------------------------- writing
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -103,10 +99,6 @@ class CoalescingTransport(asyncio.Transport):
         if self._inner.is_closing():
             return
         self._inner.write(data)
-
-    def flush(self) -> None:
-        """Hand what is collected to the real transport now."""
-        self._flush()
 
     def get_write_buffer_size(self) -> int:
         return self._size + self._inner.get_write_buffer_size()
